@@ -1,0 +1,57 @@
+"""The FastAPI application: routes under `/api/…` and `/functions/v1/…`, resources opened in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request, Response
+
+from edge_api import health, routes
+from edge_api.errors import install_handlers
+from edge_api.limits import BodyLimit
+from edge_api.settings import ApiSettings
+from edge_api.state import open_state
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: ApiSettings | None = None) -> FastAPI:
+    settings = settings or ApiSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await open_state(settings)
+        app.state.ourvidz = state
+        if settings.sweeper_enabled:
+            state.tasks.append(asyncio.create_task(state.sweeper.run_forever(), name="sweeper"))
+        try:
+            yield
+        finally:
+            await state.aclose()
+
+    app = FastAPI(title="ourvidz", version="0.1.0", lifespan=lifespan,
+                  description="Generation jobs for AI images and videos: the ourvidz worker API.")
+    install_handlers(app)
+    app.include_router(routes.router, prefix="/api")
+    # Supabase apps call `supabase.functions.invoke('queue-job')`; same routes, one schema entry.
+    app.include_router(routes.router, prefix="/functions/v1", include_in_schema=False)
+    app.include_router(health.router)
+    app.middleware("http")(_observe)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    started = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    template = getattr(route, "path_format", None) or "unmatched"
+    state = getattr(request.app.state, "ourvidz", None)
+    if state is not None:
+        state.metrics.requests.labels(request.method, template, str(response.status_code)).inc()
+        state.metrics.request_seconds.labels(request.method, template).observe(time.perf_counter() - started)
+    return response

@@ -1,0 +1,136 @@
+"""Supabase JWTs: HS256 with the project's secret, RS256/ES256 with keys from the project's JWKS (cached).
+
+Only `authenticated` users get in; `alg: none`, unknown algorithms, a wrong audience, an expired or
+forged token are all a 401 in the reference's envelope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import jwt
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+
+from edge_api.errors import unauthorized
+
+log = logging.getLogger(__name__)
+
+ASYMMETRIC = frozenset({"RS256", "ES256"})
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: uuid.UUID
+    role: str
+    email: str | None = None
+
+
+class JwksCache:
+    """The project's public keys by `kid`, fetched with httpx and kept for `ttl` seconds."""
+
+    def __init__(self, url: str, client: httpx.AsyncClient, ttl: float = 600.0, min_refetch: float = 30.0) -> None:
+        self._url = url
+        self._client = client
+        self._ttl = ttl
+        self._min_refetch = min_refetch
+        self._keys: dict[str, Any] = {}
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    async def key(self, kid: str | None) -> Any:
+        now = time.monotonic()
+        if now - self._fetched_at > self._ttl or (kid not in self._keys and now - self._fetched_at > self._min_refetch):
+            async with self._lock:
+                if time.monotonic() - self._fetched_at > self._min_refetch or not self._keys:
+                    await self._refresh()
+        if kid is None and len(self._keys) == 1:
+            return next(iter(self._keys.values()))
+        if kid not in self._keys:
+            raise unauthorized("the token's signing key is not in the project's JWKS")
+        return self._keys[kid]
+
+    async def _refresh(self) -> None:
+        try:
+            response = await self._client.get(self._url, timeout=5.0)
+            response.raise_for_status()
+            keys = response.json().get("keys", [])
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning("JWKS fetch from %s failed: %s", self._url, exc)
+            if not self._keys:
+                raise unauthorized("the project's signing keys cannot be fetched") from exc
+            return
+        parsed = {}
+        for jwk in keys:
+            algorithm = RSAAlgorithm if jwk.get("kty") == "RSA" else ECAlgorithm if jwk.get("kty") == "EC" else None
+            if algorithm is not None:
+                parsed[jwk.get("kid")] = algorithm.from_jwk(json.dumps(jwk))
+        self._keys = parsed
+        self._fetched_at = time.monotonic()
+
+
+class Authenticator:
+    def __init__(self, audience: str, secret: str | None = None, jwks: JwksCache | None = None) -> None:
+        self._audience = audience
+        self._secret = secret
+        self._jwks = jwks
+
+    async def authenticate(self, authorization: str | None) -> User:
+        token = _bearer(authorization)
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise unauthorized("the token is not a JWT") from exc
+        algorithm = str(header.get("alg"))
+        key = await self._key_for(algorithm, header.get("kid"))
+        try:
+            claims = jwt.decode(token, key, algorithms=[algorithm], audience=self._audience,
+                                options={"require": ["exp", "sub"]}, leeway=5)
+        except jwt.ExpiredSignatureError as exc:
+            raise unauthorized("the token has expired") from exc
+        except jwt.InvalidAudienceError as exc:
+            raise unauthorized("the token is for another audience") from exc
+        except jwt.PyJWTError as exc:
+            raise unauthorized(f"the token is invalid: {exc}") from exc
+        return _user_from(claims)
+
+    async def _key_for(self, algorithm: str | None, kid: str | None) -> Any:
+        if algorithm == "HS256" and self._secret:
+            return self._secret
+        if algorithm in ASYMMETRIC and self._jwks is not None:
+            return await self._jwks.key(kid)
+        raise unauthorized(f"tokens signed with {algorithm!r} are not accepted")
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization:
+        raise unauthorized("the Authorization header is missing")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise unauthorized("the Authorization header must be 'Bearer <token>'")
+    return token.strip()
+
+
+def _user_from(claims: dict[str, Any]) -> User:
+    if claims.get("role") != "authenticated":
+        raise unauthorized(f"the role {claims.get('role')!r} cannot use this API; sign in first")
+    try:
+        user_id = uuid.UUID(str(claims["sub"]))
+    except ValueError as exc:
+        raise unauthorized("the token's subject is not a user id") from exc
+    email = claims.get("email")
+    return User(id=user_id, role="authenticated", email=email if isinstance(email, str) else None)
+
+
+def mint_token(secret: str, user_id: uuid.UUID, *, audience: str = "authenticated", ttl: int = 3600 * 24 * 30,
+               role: str = "authenticated") -> str:
+    """An HS256 token as Supabase issues them, for the embedded mode and tests."""
+    now = int(time.time())
+    claims = {"sub": str(user_id), "aud": audience, "role": role, "iat": now, "exp": now + ttl, "iss": "ourvidz"}
+    return jwt.encode(claims, secret, algorithm="HS256")

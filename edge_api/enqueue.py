@@ -1,0 +1,53 @@
+"""Turning a job row into its queue message, and pushing it (the outbox's second half)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from jobs.catalog import Catalog, JobSpec
+from jobs.db import as_utc, utcnow
+from jobs.messages import JobConfig, QueueMessage
+from jobs.queue import Queue
+from jobs.tables import jobs
+
+
+def job_config(spec: JobSpec, seed: int) -> JobConfig:
+    return JobConfig(
+        size=spec.size, width=spec.width, height=spec.height, sample_steps=spec.steps,
+        sample_guide_scale=spec.guidance, sample_shift=spec.shift, frame_num=spec.frames, fps=spec.fps,
+        num_images=spec.num_outputs, enhance_prompt=spec.enhanced, content_type=spec.content_type,
+        file_extension=spec.file_extension, max_file_bytes=spec.max_file_bytes, seed=seed,
+    )
+
+
+def build_message(row: dict[str, Any], catalog: Catalog) -> QueueMessage:
+    """The message existing ourvidz workers read, from the job row (so the sweeper can rebuild it)."""
+    spec = catalog[row["job_type"]]
+    meta = row["metadata"]
+    created = as_utc(row["created_at"])
+    assert created is not None
+    return QueueMessage(
+        id=str(row["id"]), type=spec.job_type, prompt=meta.get("prompt", ""), user_id=str(row["user_id"]),
+        created_at=created, negative_prompt=meta.get("negative_prompt") if spec.negative_prompt_supported else None,
+        video_id=_str_or_none(row.get("video_id")), image_id=_str_or_none(row.get("image_id")),
+        project_id=_str_or_none(row.get("project_id")), model_variant=spec.model_variant, bucket=spec.bucket,
+        config=job_config(spec, int(meta["seed"])),
+        metadata={"num_images": spec.num_outputs, "queue_timestamp": utcnow().timestamp(),
+                  "credits": row["price"], "seed": meta["seed"], "job_type": spec.job_type},
+    )
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+async def push_job(engine: AsyncEngine, queue: Queue, row: dict[str, Any], catalog: Catalog) -> int:
+    """Push the job's message, then record that it was pushed; returns the queue's depth."""
+    message = build_message(row, catalog)
+    depth = await queue.push(row["queue"], message.model_dump_json())
+    async with engine.begin() as conn:
+        await conn.execute(sa.update(jobs).where(jobs.c.id == row["id"]).values(enqueued_at=utcnow()))
+    return depth

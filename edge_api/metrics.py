@@ -1,0 +1,25 @@
+"""Prometheus metrics in a registry of the app's own (no process-global state): requests, jobs, queues."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("ourvidz_http_requests", "HTTP requests", ["method", "route", "status"],
+                                registry=self.registry)
+        self.request_seconds = Histogram(
+            "ourvidz_http_request_duration_seconds", "HTTP request duration", ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5), registry=self.registry)
+        self.jobs_submitted = Counter("ourvidz_jobs_submitted", "Jobs accepted", ["job_type"], registry=self.registry)
+        self.jobs = Gauge("ourvidz_jobs", "Jobs in the store", ["job_type", "status"], registry=self.registry)
+        self.queue_depth = Gauge("ourvidz_queue_depth", "Messages waiting", ["queue"], registry=self.registry)
+        self.workers = Gauge("ourvidz_workers_live", "Workers with a live heartbeat", registry=self.registry)
+        self.job_seconds = Histogram(
+            "ourvidz_job_duration_seconds", "From claim to terminal callback", ["job_type", "status"],
+            buckets=(1, 5, 15, 30, 60, 120, 240, 480, 900), registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

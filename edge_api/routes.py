@@ -1,0 +1,152 @@
+"""The routes of the reference (and what it lacks), thin: each validates, calls one service, shapes the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from edge_api.deps import CurrentUser, State
+from edge_api.errors import ApiError, not_found, unauthorized
+from edge_api.submit import request_key, submit_job
+from edge_api.views import asset_view, decode_cursor, encode_cursor, job_view, wait_seconds
+from jobs.messages import (
+    AssetPage,
+    CallbackAccepted,
+    ErrorEnvelope,
+    JobCallback,
+    JobView,
+    QueueDepth,
+    QueueJobRequest,
+    QueueJobResponse,
+    QueueStatus,
+)
+from jobs.queue import QueueUnavailable
+from jobs.status import JobStatus
+from jobs.storage import ObjectNotFound, StorageError
+from jobs.webhooks import BadSignature, verify
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorEnvelope} for code in (400, 401, 402, 404, 409, 413, 422, 503)
+}
+
+router = APIRouter(responses=ERRORS)
+
+
+def _job_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise not_found("Job") from exc
+
+
+@router.post("/queue-job", response_model=QueueJobResponse, tags=["jobs"])
+async def queue_job(body: QueueJobRequest, user: CurrentUser, state: State,
+                    idempotency_key: Annotated[str | None, Header()] = None) -> QueueJobResponse:
+    """Charge the job's credits, record it and queue it (the reference's `queue-job`)."""
+    return await submit_job(state, user, body, request_key(idempotency_key))
+
+
+@router.get("/jobs", response_model=list[JobView], tags=["jobs"])
+async def list_jobs(user: CurrentUser, state: State, limit: Annotated[int, Query(ge=1, le=100)] = 20,
+                    status: JobStatus | None = None) -> list[JobView]:
+    rows = await state.store.list_jobs(user.id, limit, status.value if status else None)
+    return list(await asyncio.gather(*(job_view(state, r) for r in rows)))
+
+
+@router.get("/jobs/{job_id}", response_model=JobView, tags=["jobs"])
+async def get_job(job_id: str, user: CurrentUser, state: State) -> JobView:
+    row = await state.store.get_job(_job_id(job_id), user.id)
+    if row is None:
+        raise not_found("Job")
+    return await job_view(state, row)
+
+
+@router.post("/jobs/{job_id}/cancel", response_model=JobView, tags=["jobs"])
+async def cancel_job(job_id: str, user: CurrentUser, state: State) -> JobView:
+    """Cancel a queued job and refund it; a running job cannot be canceled."""
+    key = _job_id(job_id)
+    row = await state.store.get_job(key, user.id)
+    if row is None:
+        raise not_found("Job")
+    canceled = await state.store.cancel(key)
+    if canceled is None:
+        current = await state.store.get_job(key, user.id)
+        status = current["status"] if current else "gone"
+        raise ApiError(409, f"Job is {status}", "only a queued job can be canceled")
+    return await job_view(state, canceled)
+
+
+@router.get("/assets", response_model=AssetPage, tags=["assets"])
+async def list_assets(user: CurrentUser, state: State, limit: Annotated[int, Query(ge=1, le=100)] = 24,
+                      cursor: Annotated[str | None, Query(max_length=200)] = None,
+                      kind: Literal["image", "video"] | None = None) -> AssetPage:
+    try:
+        before = decode_cursor(cursor) if cursor else None
+    except ValueError as exc:
+        raise ApiError(400, "Invalid cursor", "use the next_cursor of a previous page") from exc
+    rows = await state.store.list_assets(user.id, limit + 1, kind, before)
+    page = rows[:limit]
+    views = list(await asyncio.gather(*(asset_view(state, r) for r in page)))
+    return AssetPage(assets=views, next_cursor=encode_cursor(page[-1]) if len(rows) > limit else None)
+
+
+@router.delete("/assets/{asset_id}", tags=["assets"])
+async def delete_asset(asset_id: str, user: CurrentUser, state: State) -> dict[str, Any]:
+    """Delete the stored object, then the row."""
+    try:
+        key = uuid.UUID(asset_id)
+    except ValueError as exc:
+        raise not_found("Asset") from exc
+    row = await state.store.get_asset(key, user.id)
+    if row is None:
+        raise not_found("Asset")
+    try:
+        await state.storage.delete(row["bucket"], row["path"])
+    except ObjectNotFound:
+        pass  # already gone from storage: removing the row finishes the job
+    except StorageError as exc:
+        raise ApiError(503, "Storage is unavailable", str(exc), retryable=True,
+                       headers={"Retry-After": "5"}) from exc
+    await state.store.delete_asset(key, user.id)
+    return {"success": True, "deleted": str(key)}
+
+
+@router.get("/queue-status", response_model=QueueStatus, tags=["queue"])
+async def queue_status(state: State) -> QueueStatus:
+    """Depth per queue, live workers and wait estimates; answers (unhealthy) when the queue is down."""
+    pending = await state.store.pending_by_queue()
+    healthy = True
+    try:
+        workers = len(await state.queue.live_workers())
+        depths = {q: await state.queue.depth(q) for q in ("sdxl_queue", "wan_queue")}
+    except QueueUnavailable:
+        healthy, workers = False, 0
+        depths = {q: len(pending.get((q, "queued"), [])) for q in ("sdxl_queue", "wan_queue")}
+    queues = [QueueDepth(queue=q, depth=d, processing=len(pending.get((q, "processing"), [])),
+                         estimated_wait_seconds=wait_seconds(pending.get((q, "queued"), []), state.catalog, workers))
+              for q, d in depths.items()]
+    return QueueStatus(queueDepth=sum(depths.values()), queues=queues, workers=workers, healthy=healthy)
+
+
+@router.post("/job-callback", response_model=CallbackAccepted, tags=["worker"])
+async def job_callback(request: Request, state: State) -> JSONResponse:
+    """The worker's signed report (Standard Webhooks); idempotent by `webhook-id`, fenced by `attempt`."""
+    body = await request.body()
+    try:
+        webhook_id = verify(state.settings.callback_secret, body, request.headers)
+    except BadSignature as exc:
+        raise unauthorized(f"callback signature: {exc}") from exc
+    if not 1 <= len(webhook_id) <= 200:
+        raise ApiError(400, "Invalid webhook-id", "it must be 1 to 200 characters")
+    try:
+        callback = JobCallback.model_validate_json(body)
+    except ValidationError as exc:
+        malformed = any(e["type"] == "json_invalid" for e in exc.errors())
+        raise ApiError(422 if malformed else 400, "Invalid callback", str(exc.errors()[:3])) from exc
+    answer = await state.callbacks.apply(webhook_id, body, callback)
+    return JSONResponse(answer.body, status_code=answer.status_code)

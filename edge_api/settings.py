@@ -1,0 +1,70 @@
+"""The API process's configuration: the one place that reads the environment (prefix `OURVIDZ_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jobs.catalog import DEFAULT_CATALOG, Catalog
+
+_PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret"}
+
+
+class ApiSettings(BaseSettings):
+    """Everything the API needs; secrets have no defaults in production."""
+
+    model_config = SettingsConfigDict(env_prefix="OURVIDZ_", env_file=None, extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    database_url: str = "sqlite:///./.ourvidz/ourvidz.db"
+    redis_url: str | None = Field(default=None, description="None: the jobs table is the queue.")
+
+    # Auth: HS256 with the project's JWT secret, and/or asymmetric keys from the project's JWKS.
+    jwt_secret: str | None = None
+    jwks_url: str | None = None
+    jwt_audience: str = "authenticated"
+    jwks_cache_seconds: float = 600.0
+
+    callback_secret: str = ""
+    public_base_url: str = ""
+
+    # Storage: a local folder (embedded) or Supabase Storage.
+    storage: Literal["local", "supabase"] = "local"
+    storage_dir: Path = Path("./.ourvidz/storage")
+    files_secret: str = ""
+    supabase_url: str | None = None
+    supabase_service_key: str | None = None
+    signed_url_seconds: int = 3600
+
+    starting_credits: int = Field(default=0, ge=0)
+    max_queue_depth: int = Field(default=1000, ge=1)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_attempts: int = Field(default=3, ge=1)
+    lease_seconds: float = Field(default=120.0, gt=0)
+    job_timeout_seconds: float = Field(default=900.0, gt=0)
+    queue_timeout_seconds: float = Field(default=3600.0, gt=0)
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    outbox_grace_seconds: float = Field(default=10.0, ge=0)
+    sweeper_enabled: bool = True
+    catalog_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _no_placeholder_secrets_in_production(self) -> ApiSettings:
+        if self.environment != "production":
+            return self
+        if self.callback_secret.lower() in _PLACEHOLDERS:
+            raise ValueError("OURVIDZ_CALLBACK_SECRET must be set to a real secret in production")
+        if self.jwt_secret is not None and self.jwt_secret.lower() in _PLACEHOLDERS:
+            raise ValueError("OURVIDZ_JWT_SECRET is a placeholder")
+        if self.jwt_secret is None and self.jwks_url is None:
+            raise ValueError("set OURVIDZ_JWT_SECRET or OURVIDZ_JWKS_URL in production")
+        if self.storage == "local" and self.files_secret.lower() in _PLACEHOLDERS:
+            raise ValueError("OURVIDZ_FILES_SECRET must be set when local storage serves files in production")
+        return self
+
+    @property
+    def catalog(self) -> Catalog:
+        return DEFAULT_CATALOG.with_overrides(self.catalog_overrides) if self.catalog_overrides else DEFAULT_CATALOG

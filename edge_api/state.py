@@ -1,0 +1,81 @@
+"""The API's resources, opened in the lifespan and closed at shutdown: no globals, no import-time connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from dataclasses import dataclass, field
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from edge_api.auth import Authenticator, JwksCache
+from edge_api.callbacks import CallbackProcessor
+from edge_api.metrics import Metrics
+from edge_api.settings import ApiSettings
+from edge_api.store import Store
+from edge_api.sweeper import Sweeper
+from jobs.catalog import QUEUES, Catalog
+from jobs.db import create_sqlite_schema, is_sqlite, open_engine
+from jobs.queue import Queue, RedisQueue
+from jobs.storage import LocalStorage, Storage, SupabaseStorage
+from jobs.table_queue import TableQueue
+
+
+@dataclass
+class AppState:
+    settings: ApiSettings
+    catalog: Catalog
+    engine: AsyncEngine
+    store: Store
+    queue: Queue
+    storage: Storage
+    auth: Authenticator
+    callbacks: CallbackProcessor
+    sweeper: Sweeper
+    metrics: Metrics
+    http: httpx.AsyncClient
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.queue.aclose()
+        await self.storage.aclose()
+        await self.http.aclose()
+        await self.engine.dispose()
+
+
+def open_storage(settings: ApiSettings) -> Storage:
+    if settings.storage == "supabase":
+        if not settings.supabase_url or not settings.supabase_service_key:
+            raise ValueError("Supabase storage needs OURVIDZ_SUPABASE_URL and OURVIDZ_SUPABASE_SERVICE_KEY")
+        return SupabaseStorage(settings.supabase_url, settings.supabase_service_key)
+    # Without a configured secret (development), URLs are signed with a per-process secret.
+    secret = settings.files_secret or secrets.token_hex(32)
+    return LocalStorage(settings.storage_dir, secret, settings.public_base_url)
+
+
+async def open_state(settings: ApiSettings) -> AppState:
+    catalog = settings.catalog
+    engine = open_engine(settings.database_url)
+    if is_sqlite(engine):
+        await create_sqlite_schema(engine)
+    queue: Queue = (RedisQueue.from_url(settings.redis_url, QUEUES) if settings.redis_url
+                    else TableQueue(engine))
+    http = httpx.AsyncClient()
+    jwks = JwksCache(settings.jwks_url, http, settings.jwks_cache_seconds) if settings.jwks_url else None
+    return AppState(
+        settings=settings, catalog=catalog, engine=engine, store=Store(engine), queue=queue,
+        storage=open_storage(settings),
+        auth=Authenticator(settings.jwt_audience, settings.jwt_secret, jwks),
+        callbacks=CallbackProcessor(engine, catalog, settings.lease_seconds),
+        sweeper=Sweeper(engine, queue, catalog, job_timeout=settings.job_timeout_seconds,
+                        queue_timeout=settings.queue_timeout_seconds, outbox_grace=settings.outbox_grace_seconds,
+                        interval=settings.sweep_interval_seconds),
+        metrics=Metrics(), http=http,
+    )

@@ -1,0 +1,179 @@
+"""The API's reads and writes of jobs and assets (SQLAlchemy Core; one code path for Postgres and SQLite)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from edge_api import ledger, transitions
+from edge_api.transitions import Row
+from jobs.catalog import JobSpec
+from jobs.db import as_utc, utcnow
+from jobs.status import JobStatus
+from jobs.tables import assets, credit_ledger, jobs, profiles
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with another request body."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    user_id: uuid.UUID
+    spec: JobSpec
+    metadata: dict[str, Any]
+    max_attempts: int
+    project_id: uuid.UUID | None = None
+    image_id: uuid.UUID | None = None
+    video_id: uuid.UUID | None = None
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def create_job(self, new: NewJob, starting_credits: int) -> tuple[Row, bool]:
+        """Insert the job and charge for it in one transaction. Returns (row, created)."""
+        if new.idempotency_key is not None:
+            existing = await self._by_idempotency_key(new)
+            if existing is not None:
+                return existing, False
+        job_id = uuid.uuid4()
+        spec = new.spec
+        values = {
+            "id": job_id, "user_id": new.user_id, "job_type": spec.job_type, "format": spec.output.value,
+            "quality": spec.quality.value, "model_type": spec.family.value, "status": JobStatus.QUEUED.value,
+            "metadata": new.metadata, "attempts": 0, "max_attempts": new.max_attempts, "created_at": utcnow(),
+            "project_id": new.project_id, "image_id": new.image_id, "video_id": new.video_id,
+            "queue": spec.queue, "price": spec.price, "progress": 0, "idempotency_key": new.idempotency_key,
+            "request_hash": new.request_hash, "updated_at": utcnow(),
+        }
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(sa.insert(jobs).values(**values))
+                await ledger.charge(conn, new.user_id, job_id, spec.price, starting_credits)
+        except IntegrityError:
+            # A concurrent request with the same Idempotency-Key won the unique constraint.
+            if new.idempotency_key is None:
+                raise
+            existing = await self._by_idempotency_key(new)
+            if existing is None:
+                raise
+            return existing, False
+        return values, True
+
+    async def _by_idempotency_key(self, new: NewJob) -> Row | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(jobs).where(
+                jobs.c.user_id == new.user_id, jobs.c.idempotency_key == new.idempotency_key))).mappings().first()
+        if row is None:
+            return None
+        if row["request_hash"] != new.request_hash:
+            raise IdempotencyConflict
+        return dict(row)
+
+    async def discard_unpushed(self, job_id: uuid.UUID) -> bool:
+        """Undo a job whose push failed before anyone saw it: no row, no charge, balance restored."""
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(sa.delete(jobs).where(
+                jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value, jobs.c.enqueued_at.is_(None))
+                .returning(jobs.c.user_id, jobs.c.price))).first()
+            if row is None:
+                return False
+            await conn.execute(sa.delete(credit_ledger).where(credit_ledger.c.job_id == job_id))
+            await conn.execute(sa.update(profiles).where(profiles.c.id == row.user_id)
+                               .values(token_balance=profiles.c.token_balance + row.price))
+        return True
+
+    async def cancel(self, job_id: uuid.UUID) -> Row | None:
+        """queued → canceled, refunded in the same transaction; None if the job was not queued."""
+        async with self.engine.begin() as conn:
+            return await transitions.move(conn, job_id, [JobStatus.QUEUED], JobStatus.CANCELED)
+
+    async def get_job(self, job_id: uuid.UUID, user_id: uuid.UUID | None = None) -> Row | None:
+        query = sa.select(jobs).where(jobs.c.id == job_id)
+        if user_id is not None:
+            query = query.where(jobs.c.user_id == user_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else dict(row)
+
+    async def list_jobs(self, user_id: uuid.UUID, limit: int, status: str | None = None) -> list[Row]:
+        query = sa.select(jobs).where(jobs.c.user_id == user_id)
+        if status is not None:
+            query = query.where(jobs.c.status == status)
+        query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+    async def jobs_ahead(self, row: Row) -> list[str]:
+        """The job types queued before this job on its queue, oldest first."""
+        query = (sa.select(jobs.c.job_type).where(
+            jobs.c.queue == row["queue"], jobs.c.status == JobStatus.QUEUED.value,
+            sa.or_(jobs.c.created_at < row["created_at"],
+                   sa.and_(jobs.c.created_at == row["created_at"], jobs.c.id < row["id"])))
+            .order_by(jobs.c.created_at))
+        async with self.engine.connect() as conn:
+            return [str(r.job_type) for r in await conn.execute(query)]
+
+    async def pending_by_queue(self) -> dict[tuple[str, str], list[str]]:
+        """Job types of queued and processing jobs, by (queue, status)."""
+        query = (sa.select(jobs.c.queue, jobs.c.status, jobs.c.job_type)
+                 .where(jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.PROCESSING.value])))
+        result: dict[tuple[str, str], list[str]] = {}
+        async with self.engine.connect() as conn:
+            for row in await conn.execute(query):
+                result.setdefault((str(row.queue), str(row.status)), []).append(str(row.job_type))
+        return result
+
+    async def counts_by_type_and_status(self) -> list[tuple[str, str, int]]:
+        query = sa.select(jobs.c.job_type, jobs.c.status, sa.func.count()).group_by(jobs.c.job_type, jobs.c.status)
+        async with self.engine.connect() as conn:
+            return [(str(t), str(s), int(n)) for t, s, n in await conn.execute(query)]
+
+    async def assets_of_job(self, job_id: uuid.UUID) -> list[Row]:
+        query = sa.select(assets).where(assets.c.job_id == job_id).order_by(assets.c.position)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+    async def list_assets(self, user_id: uuid.UUID, limit: int, kind: str | None,
+                          before: tuple[datetime, uuid.UUID] | None) -> list[Row]:
+        query = sa.select(assets).where(assets.c.user_id == user_id)
+        if kind is not None:
+            query = query.where(assets.c.kind == kind)
+        if before is not None:
+            created, asset_id = before
+            query = query.where(sa.or_(assets.c.created_at < created,
+                                       sa.and_(assets.c.created_at == created, assets.c.id < asset_id)))
+        query = query.order_by(assets.c.created_at.desc(), assets.c.id.desc()).limit(limit)
+        async with self.engine.connect() as conn:
+            return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+    async def get_asset(self, asset_id: uuid.UUID, user_id: uuid.UUID) -> Row | None:
+        query = sa.select(assets).where(assets.c.id == asset_id, assets.c.user_id == user_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).mappings().first()
+        return None if row is None else dict(row)
+
+    async def delete_asset(self, asset_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+        async with self.engine.begin() as conn:
+            deleted = await conn.execute(sa.delete(assets).where(assets.c.id == asset_id, assets.c.user_id == user_id))
+        return deleted.rowcount == 1
+
+    async def balance(self, user_id: uuid.UUID) -> int:
+        async with self.engine.connect() as conn:
+            return await ledger.balance_of(conn, user_id)
+
+
+def created_at(row: Row) -> datetime:
+    value = as_utc(row["created_at"])
+    assert value is not None
+    return value

@@ -1,0 +1,115 @@
+"""Accepting a job: validate, charge and insert in one transaction, then push (or undo, if the push fails)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import uuid
+
+from edge_api.auth import User
+from edge_api.enqueue import push_job
+from edge_api.errors import ApiError, unavailable
+from edge_api.ledger import InsufficientCredits
+from edge_api.state import AppState
+from edge_api.store import IdempotencyConflict, NewJob
+from edge_api.transitions import Row
+from edge_api.views import job_summary
+from jobs.catalog import JobSpec
+from jobs.messages import MAX_SEED, QueueJobRequest, QueueJobResponse
+from jobs.queue import QueueUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def resolve_spec(state: AppState, job_type: str) -> JobSpec:
+    spec = state.catalog.get(job_type)
+    if spec is None:
+        valid = ", ".join(state.catalog.job_types)
+        raise ApiError(400, "Invalid job type", f"{job_type!r} is not one of: {valid}",
+                       suggested_action=f"Use one of: {valid}")
+    return spec
+
+
+def _uuid_field(name: str, value: str | None) -> uuid.UUID | None:
+    if value is None:
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise ApiError(400, "Invalid request", f"{name}: {value!r} is not a UUID") from exc
+
+
+def _new_job(state: AppState, user: User, request: QueueJobRequest, spec: JobSpec, key: str | None) -> NewJob:
+    meta = request.metadata
+    if not meta.prompt.strip():
+        raise ApiError(400, "Invalid request", "metadata.prompt: a prompt is required",
+                       suggested_action="Describe what to generate in metadata.prompt.")
+    if meta.bucket is not None and meta.bucket != spec.bucket:
+        raise ApiError(400, "Invalid request", f"metadata.bucket: {spec.job_type} jobs go to {spec.bucket!r}")
+    extra = meta.model_extra or {}
+    metadata = {
+        **extra, "prompt": meta.prompt, "credits": spec.price, "bucket": spec.bucket,
+        "num_images": spec.num_outputs, "job_type": spec.job_type, "model_variant": spec.model_variant,
+        "seed": meta.seed if meta.seed is not None else secrets.randbelow(MAX_SEED + 1),
+    }
+    if meta.negative_prompt and spec.negative_prompt_supported:
+        metadata["negative_prompt"] = meta.negative_prompt
+    request_hash = hashlib.sha256(request.model_dump_json().encode()).hexdigest() if key else None
+    return NewJob(user_id=user.id, spec=spec, metadata=metadata, max_attempts=state.settings.max_attempts,
+                  project_id=_uuid_field("projectId", request.projectId),
+                  image_id=_uuid_field("imageId", request.imageId),
+                  video_id=_uuid_field("videoId", request.videoId), idempotency_key=key, request_hash=request_hash)
+
+
+async def _check_queue(state: AppState, spec: JobSpec) -> None:
+    try:
+        depth = await state.queue.depth(spec.queue)
+    except QueueUnavailable as exc:
+        raise unavailable(str(exc)) from exc
+    if depth >= state.settings.max_queue_depth:
+        raise ApiError(503, "The job queue is full", f"{spec.queue} holds {depth} jobs", retryable=True,
+                       suggested_action="Retry in 30 seconds.", headers={"Retry-After": "30"})
+
+
+async def submit_job(state: AppState, user: User, request: QueueJobRequest, key: str | None) -> QueueJobResponse:
+    spec = resolve_spec(state, request.jobType)
+    new = _new_job(state, user, request, spec, key)
+    await _check_queue(state, spec)
+    try:
+        row, created = await state.store.create_job(new, state.settings.starting_credits)
+    except InsufficientCredits as exc:
+        raise ApiError(402, "Insufficient credits", f"{spec.job_type} costs {exc.price}; the balance is {exc.balance}",
+                       suggested_action="Buy more credits or choose a cheaper job type.") from exc
+    except IdempotencyConflict as exc:
+        raise ApiError(409, "Idempotency-Key reused", "this key was used with another request body",
+                       suggested_action="Use a new Idempotency-Key for a new job.") from exc
+    depth = await (_push(state, row) if created else state.queue.depth(spec.queue))
+    if created:
+        state.metrics.jobs_submitted.labels(spec.job_type).inc()
+    return QueueJobResponse(
+        job=job_summary(row), message=f"{spec.job_type} job queued" if created else "job already queued",
+        queueLength=depth, modelVariant=spec.model_variant, isSDXL=spec.is_sdxl,
+        negativePromptSupported=spec.negative_prompt_supported,
+    )
+
+
+async def _push(state: AppState, row: Row) -> int:
+    try:
+        return await push_job(state.engine, state.queue, row, state.catalog)
+    except QueueUnavailable as exc:
+        # Nothing half-done: the job was never shown to anyone, so it is undone. If the undo fails
+        # too, the sweeper's outbox pass pushes the job later, and an Idempotency-Key retry finds it.
+        undone = await state.store.discard_unpushed(row["id"])
+        log.warning("job %s: push failed (%s); undone=%s", row["id"], exc, undone)
+        raise unavailable(str(exc)) from exc
+
+
+def request_key(header: str | None) -> str | None:
+    if header is None:
+        return None
+    if not 1 <= len(header) <= 200:
+        raise ApiError(400, "Invalid Idempotency-Key", "it must be 1 to 200 characters")
+    return header
+
+

@@ -1,0 +1,17 @@
+"""Every Redis key ourvidz writes, in one place (the queues themselves are the reference's names)."""
+
+from __future__ import annotations
+
+PREFIX = "ourvidz"
+WORKERS = f"{PREFIX}:workers"
+SWEEPER_LOCK = f"{PREFIX}:sweeper"
+
+
+def processing_list(worker_id: str) -> str:
+    """The list a worker moves its claimed messages into; emptied only after the terminal callback."""
+    return f"{PREFIX}:processing:{worker_id}"
+
+
+def heartbeat(worker_id: str) -> str:
+    """A key with a TTL: while it exists the worker is alive and its processing list is its own."""
+    return f"{PREFIX}:worker:{worker_id}"

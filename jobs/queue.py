@@ -1,0 +1,189 @@
+"""The job queue, consumed reliably: a claimed message stays in the worker's own processing list until acked.
+
+Two implementations share one protocol: `RedisQueue` (the reference's lists `sdxl_queue` /
+`wan_queue`, `LPUSH` to produce, `BLMOVE` into `ourvidz:processing:{worker}` to consume, a heartbeat
+key with a TTL) and `TableQueue` (a table in the store, for the Redis-free setups). The store stays
+the source of truth: a lost message delays a job, and the sweeper re-pushes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Iterable
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from jobs import keys
+
+
+class QueueUnavailable(Exception):
+    """The queue's server cannot be reached; the caller answers 503 or retries later."""
+
+
+class Queue(Protocol):
+    """What producers, workers and the sweeper need of a queue."""
+
+    async def ping(self) -> None: ...
+
+    async def push(self, queue: str, payload: str) -> int:
+        """Append a message at the tail that consumers take last; returns the queue's new depth."""
+        ...
+
+    async def push_front(self, queue: str, payload: str) -> None:
+        """Put a message where it is consumed next (a job handed back)."""
+        ...
+
+    async def depth(self, queue: str) -> int: ...
+
+    async def claim(self, queues: list[str], worker_id: str, timeout: float) -> str | None:
+        """Move the oldest message of the first non-empty queue into the worker's processing list."""
+        ...
+
+    async def ack(self, worker_id: str, payload: str) -> None:
+        """Remove a message from the worker's processing list: its job reached a terminal state."""
+        ...
+
+    async def heartbeat(self, worker_id: str, queues: list[str], ttl: float) -> None: ...
+
+    async def retire(self, worker_id: str) -> None:
+        """A worker that stops cleanly: its heartbeat goes, so nothing waits for its TTL."""
+        ...
+
+    async def live_workers(self) -> list[str]: ...
+
+    async def dead_workers(self) -> list[str]:
+        """Workers whose heartbeat expired but whose processing list may still hold messages."""
+        ...
+
+    async def held(self, worker_id: str) -> list[str]: ...
+
+    async def forget(self, worker_id: str) -> None:
+        """Drop a dead worker's registration once its messages were dealt with."""
+        ...
+
+    async def job_ids(self) -> set[str]:
+        """Every job id that a queue or a processing list holds, read at one instant."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def job_id_of(payload: str) -> str | None:
+    """The `id` of a queue message, or None for a message that is not ours to read."""
+    try:
+        value = json.loads(payload)
+    except ValueError:
+        return None
+    job_id = value.get("id") if isinstance(value, dict) else None
+    return job_id if isinstance(job_id, str) else None
+
+
+class RedisQueue:
+    """The reference's Redis lists, consumed with the reliable-queue pattern."""
+
+    def __init__(self, client: aioredis.Redis, queues: Iterable[str], claim_slice: float = 0.02) -> None:
+        self._redis = client
+        self._queues = list(queues)
+        # A worker of several queues cannot block on all at once with BLMOVE; it blocks on each in
+        # turn for this long, so an idle queue adds at most this much to the claim latency.
+        self._claim_slice = claim_slice
+
+    @classmethod
+    def from_url(cls, url: str, queues: Iterable[str], claim_slice: float = 0.02) -> RedisQueue:
+        client = aioredis.Redis.from_url(
+            url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=10.0,
+            health_check_interval=15, retry_on_timeout=False,
+        )
+        return cls(client, queues, claim_slice)
+
+    async def _call(self, awaitable: Awaitable[Any]) -> Any:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"redis: {exc}") from exc
+
+    async def ping(self) -> None:
+        await self._call(self._redis.ping())
+
+    async def push(self, queue: str, payload: str) -> int:
+        return int(await self._call(self._redis.lpush(queue, payload)))
+
+    async def push_front(self, queue: str, payload: str) -> None:
+        await self._call(self._redis.rpush(queue, payload))
+
+    async def depth(self, queue: str) -> int:
+        return int(await self._call(self._redis.llen(queue)))
+
+    async def claim(self, queues: list[str], worker_id: str, timeout: float) -> str | None:
+        target = keys.processing_list(worker_id)
+        await self._call(self._redis.sadd(keys.WORKERS, worker_id))
+        if len(queues) == 1:
+            return await self._blmove(queues[0], target, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            for queue in queues:
+                moved = await self._call(self._redis.lmove(queue, target, "RIGHT", "LEFT"))
+                if moved is not None:
+                    return str(moved)
+            for queue in queues:
+                moved = await self._blmove(queue, target, self._claim_slice)
+                if moved is not None:
+                    return moved
+            if loop.time() >= deadline:
+                return None
+
+    async def _blmove(self, queue: str, target: str, timeout: float) -> str | None:
+        # Redis takes fractional timeouts (6.0+); redis-py's stub says int.
+        wait: Any = max(timeout, 0.01)
+        moved = await self._call(self._redis.blmove(queue, target, wait, "RIGHT", "LEFT"))
+        return None if moved is None else str(moved)
+
+    async def ack(self, worker_id: str, payload: str) -> None:
+        await self._call(self._redis.lrem(keys.processing_list(worker_id), 1, payload))
+
+    async def heartbeat(self, worker_id: str, queues: list[str], ttl: float) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(keys.WORKERS, worker_id)
+            pipe.set(keys.heartbeat(worker_id), ",".join(queues), px=int(ttl * 1000))
+            await self._call(pipe.execute())
+
+    async def retire(self, worker_id: str) -> None:
+        await self._call(self._redis.delete(keys.heartbeat(worker_id)))
+
+    async def live_workers(self) -> list[str]:
+        members = sorted(await self._call(self._redis.smembers(keys.WORKERS)))
+        if not members:
+            return []
+        alive = await self._call(self._redis.mget([keys.heartbeat(m) for m in members]))
+        return [m for m, beat in zip(members, alive, strict=True) if beat is not None]
+
+    async def dead_workers(self) -> list[str]:
+        members = set(await self._call(self._redis.smembers(keys.WORKERS)))
+        return sorted(members - set(await self.live_workers()))
+
+    async def held(self, worker_id: str) -> list[str]:
+        return [str(p) for p in await self._call(self._redis.lrange(keys.processing_list(worker_id), 0, -1))]
+
+    async def forget(self, worker_id: str) -> None:
+        # Only once the processing list is empty: a message still in it must not become unreachable.
+        if await self._call(self._redis.llen(keys.processing_list(worker_id))) == 0:
+            await self._call(self._redis.srem(keys.WORKERS, worker_id))
+
+    async def job_ids(self) -> set[str]:
+        workers = sorted(await self._call(self._redis.smembers(keys.WORKERS)))
+        lists = self._queues + [keys.processing_list(w) for w in workers]
+        # MULTI makes the reads one instant: a message moving between two lists is seen exactly once.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for name in lists:
+                pipe.lrange(name, 0, -1)
+            results = await self._call(pipe.execute())
+        ids = {job_id_of(str(p)) for payloads in results for p in payloads}
+        ids.discard(None)
+        return {i for i in ids if i is not None}
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
