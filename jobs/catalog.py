@@ -170,3 +170,11 @@ class Catalog(Mapping[str, JobSpec]):
 
 
 DEFAULT_CATALOG = Catalog()
+
+
+def queue_of(job_type: str) -> str:
+    """The queue a job type travels on; unknown types (another producer's) go by their prefix."""
+    spec = DEFAULT_CATALOG.get(job_type)
+    if spec is not None:
+        return spec.queue
+    return SDXL_QUEUE if job_type.startswith("sdxl") else WAN_QUEUE

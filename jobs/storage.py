@@ -294,9 +294,7 @@ class LocalStorage(Storage):
     async def aclose(self) -> None:
         return None
 
-    def verify(
-        self, bucket: str, path: str, expires: int | str, signature: str, now: float | None = None
-    ) -> Path:
+    def verify(self, bucket: str, path: str, expires: int | str, signature: str, now: float | None = None) -> Path:
         """The file behind a signed URL's parts; raises ValueError, InvalidSignature, or ObjectNotFound."""
         target = self._target(bucket, path)
         try:
