@@ -120,9 +120,13 @@ class ChildProcess:
             try:
                 event = conn.recv()
             except (EOFError, OSError):
-                break
-            loop.call_soon_threadsafe(events.put_nowait, event)
-        loop.call_soon_threadsafe(events.put_nowait, None)
+                event = None
+            try:
+                loop.call_soon_threadsafe(events.put_nowait, event)
+            except RuntimeError:  # the parent's loop is closed: nobody is listening any more
+                return
+            if event is None:
+                return
 
     async def next_event(self) -> ChildEvent:
         event = await self._events.get()

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import secrets
 import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -50,16 +52,30 @@ async def open_queue(settings: WorkerSettings) -> tuple[Queue, AsyncEngine | Non
     return TableQueue(engine), engine
 
 
-async def run_worker(settings: WorkerSettings, burst: bool = False) -> WorkerStats:
+@asynccontextmanager
+async def open_worker(settings: WorkerSettings) -> AsyncIterator[Worker]:
+    """A worker with its queue, storage and HTTP client open; all closed on exit."""
     queue, engine = await open_queue(settings)
     storage = open_storage(settings)
     child = ChildProcess(model_paths(settings), settings.queues, settings.device,
                          build=settings.build_checkpoints, checkpoints_dir=settings.checkpoints_dir)
-    async with httpx.AsyncClient() as http:
-        callbacks = CallbackClient(settings.callback_url, settings.callback_secret, http,
-                                   deadline=settings.callback_deadline_seconds, base_delay=settings.retry_base_seconds)
-        uploader = Uploader(storage, settings.upload_attempts, settings.retry_base_seconds)
-        worker = Worker(settings, queue, child, callbacks, uploader)
+    try:
+        async with httpx.AsyncClient() as http:
+            callbacks = CallbackClient(settings.callback_url, settings.callback_secret, http,
+                                       deadline=settings.callback_deadline_seconds,
+                                       base_delay=settings.retry_base_seconds)
+            uploader = Uploader(storage, settings.upload_attempts, settings.retry_base_seconds)
+            yield Worker(settings, queue, child, callbacks, uploader)
+    finally:
+        await queue.aclose()
+        await storage.aclose()
+        if engine is not None:
+            await engine.dispose()
+
+
+async def run_worker(settings: WorkerSettings, burst: bool = False) -> WorkerStats:
+    """Run a worker until SIGTERM/SIGINT (or, in `burst` mode, until the queues are empty)."""
+    async with open_worker(settings) as worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, worker.request_stop)
@@ -68,7 +84,3 @@ async def run_worker(settings: WorkerSettings, burst: bool = False) -> WorkerSta
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-            await queue.aclose()
-            await storage.aclose()
-            if engine is not None:
-                await engine.dispose()

@@ -42,7 +42,7 @@ class JobRunner:
     def __init__(self, paths: ModelPaths, queues: list[str], device: str = "auto", encode_threads: int = 2) -> None:
         from models.device import pick_device
 
-        self.device = pick_device(device)
+        self.device = str(pick_device(None if device == "auto" else device))
         self._sdxl: Any = None
         self._wan: Any = None
         self._enhancer: Any = None

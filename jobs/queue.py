@@ -120,10 +120,16 @@ class RedisQueue:
     async def claim(self, queues: list[str], worker_id: str, timeout: float) -> str | None:
         target = keys.processing_list(worker_id)
         await self._call(self._redis.sadd(keys.WORKERS, worker_id))
-        if len(queues) == 1:
-            return await self._blmove(queues[0], target, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        if len(queues) == 1:
+            # One BLMOVE must end before the client's socket timeout, or the client gives up while
+            # Redis may still move a message into the processing list that nobody then reads.
+            while True:
+                wait = min(max(deadline - loop.time(), 0.0), self._longest_block())
+                moved = await self._blmove(queues[0], target, wait)
+                if moved is not None or loop.time() >= deadline:
+                    return moved
         while True:
             for queue in queues:
                 moved = await self._call(self._redis.lmove(queue, target, "RIGHT", "LEFT"))
@@ -135,6 +141,11 @@ class RedisQueue:
                     return moved
             if loop.time() >= deadline:
                 return None
+
+    def _longest_block(self) -> float:
+        """How long one blocking command may wait: well inside the client's socket timeout."""
+        socket_timeout = self._redis.connection_pool.connection_kwargs.get("socket_timeout")
+        return float("inf") if socket_timeout is None else max(float(socket_timeout) / 2, 0.01)
 
     async def _blmove(self, queue: str, target: str, timeout: float) -> str | None:
         # Redis takes fractional timeouts (6.0+); redis-py's stub says int.

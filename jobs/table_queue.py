@@ -70,8 +70,10 @@ class TableQueue:
             await asyncio.sleep(min(self._poll, max(deadline - loop.time(), 0)))
 
     async def _claim_once(self, queues: list[str], worker_id: str) -> str | None:
+        # The first non-empty queue in the worker's order, as RedisQueue does; the oldest message in it.
+        priority = sa.case({name: rank for rank, name in enumerate(queues)}, value=qm.c.queue)
         oldest = (sa.select(qm.c.id).where(qm.c.queue.in_(queues), qm.c.worker_id.is_(None))
-                  .order_by(qm.c.id).limit(1))
+                  .order_by(priority, qm.c.id).limit(1))
         if not is_sqlite(self._engine):
             oldest = oldest.with_for_update(skip_locked=True)
         claim = (sa.update(qm).where(qm.c.id == oldest.scalar_subquery(), qm.c.worker_id.is_(None))

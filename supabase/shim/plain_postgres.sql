@@ -14,11 +14,12 @@ $$;
 create schema if not exists auth;
 grant usage on schema auth to anon, authenticated, service_role;
 
+-- As Supabase defines it: a setting that an earlier transaction on the same pooled connection set is
+-- '' afterwards, not NULL, so each one is read through nullif before falling back to the other.
 create or replace function auth.uid() returns uuid
 language sql stable as $$
-    select nullif(
-        coalesce(current_setting('request.jwt.claim.sub', true),
-                 current_setting('request.jwt.claims', true)::jsonb ->> 'sub'),
-        ''
+    select coalesce(
+        nullif(current_setting('request.jwt.claim.sub', true), ''),
+        nullif(current_setting('request.jwt.claims', true), '')::jsonb ->> 'sub'
     )::uuid
 $$;

@@ -2,7 +2,7 @@
 
 import uuid
 
-from conftest import Api
+from harness import Api
 
 
 async def test_healthz_answers_ok(api: Api) -> None:
