@@ -12,7 +12,7 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from jobs.db import utcnow
+from jobs.db import insert_ignoring_conflicts, utcnow
 from jobs.tables import credit_ledger, profiles
 
 
@@ -26,9 +26,7 @@ class InsufficientCredits(Exception):
 async def charge(conn: AsyncConnection, user_id: uuid.UUID, job_id: uuid.UUID, price: int,
                  starting_credits: int) -> int:
     """Debit the price without going below zero and record it; returns the new balance."""
-    debit = (sa.update(profiles).where(profiles.c.id == user_id, profiles.c.token_balance >= price)
-             .values(token_balance=profiles.c.token_balance - price).returning(profiles.c.token_balance))
-    balance = (await conn.execute(debit)).scalar()
+    balance = await _debit(conn, user_id, price)
     if balance is None:
         balance = await _first_seen(conn, user_id, price, starting_credits)
     await conn.execute(sa.insert(credit_ledger).values(user_id=user_id, job_id=job_id, kind="charge",
@@ -36,14 +34,26 @@ async def charge(conn: AsyncConnection, user_id: uuid.UUID, job_id: uuid.UUID, p
     return int(balance)
 
 
+async def _debit(conn: AsyncConnection, user_id: uuid.UUID, price: int) -> int | None:
+    debit = (sa.update(profiles).where(profiles.c.id == user_id, profiles.c.token_balance >= price)
+             .values(token_balance=profiles.c.token_balance - price).returning(profiles.c.token_balance))
+    balance = (await conn.execute(debit)).scalar()
+    return None if balance is None else int(balance)
+
+
 async def _first_seen(conn: AsyncConnection, user_id: uuid.UUID, price: int, starting_credits: int) -> int:
     current = (await conn.execute(sa.select(profiles.c.token_balance).where(profiles.c.id == user_id))).scalar()
     if current is not None or starting_credits < price:
         raise InsufficientCredits(int(current or starting_credits), price)
-    # A user seen for the first time gets the starting balance, minus this job's price.
-    await conn.execute(sa.insert(profiles).values(id=user_id, token_balance=starting_credits - price,
-                                                  created_at=utcnow()))
-    return starting_credits - price
+    # A user seen for the first time gets the starting balance, once: of concurrent first requests
+    # one creates the profile and the others find it (the insert waits for that one to commit).
+    await conn.execute(insert_ignoring_conflicts(conn.engine, profiles).values(
+        id=user_id, token_balance=starting_credits, created_at=utcnow()))
+    balance = await _debit(conn, user_id, price)
+    if balance is None:
+        current = (await conn.execute(sa.select(profiles.c.token_balance).where(profiles.c.id == user_id))).scalar()
+        raise InsufficientCredits(int(current or 0), price)
+    return balance
 
 
 async def refund(conn: AsyncConnection, user_id: uuid.UUID, job_id: uuid.UUID, price: int) -> None:

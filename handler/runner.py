@@ -47,6 +47,11 @@ class JobRunner:
         self._wan: Any = None
         self._enhancer: Any = None
         started = time.perf_counter()
+        for name, path in (("SDXL", paths.sdxl if SDXL_QUEUE in queues else None),
+                           ("Wan", paths.wan if WAN_QUEUE in queues else None)):
+            if path is not None and not path.exists():
+                raise FileNotFoundError(f"no {name} checkpoint at {path}: run scripts/download_weights.py, "
+                                        "or `ourvidz make-checkpoints` for random weights")
         if SDXL_QUEUE in queues and paths.sdxl is not None:
             from models.sdxl import SdxlGenerator
 

@@ -6,10 +6,10 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobs.catalog import QUEUES
 
@@ -22,7 +22,7 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="OURVIDZ_", env_file=None, extra="ignore")
 
     worker_id: str = Field(default_factory=default_worker_id)
-    queues: list[str] = Field(default_factory=lambda: list(QUEUES))
+    queues: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(QUEUES))
 
     # The queue: Redis lists, or the store's table (embedded / Redis-free).
     redis_url: str | None = None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 import sqlalchemy as sa
 import uvicorn
 from servers import free_port
@@ -119,14 +120,18 @@ class Api:
 
     async def queued_messages(self, queue: str) -> list[dict[str, Any]]:
         """The messages waiting on a Redis queue, oldest (next to be consumed) first."""
-        redis = self.state.queue._redis  # type: ignore[attr-defined]
-        raw = await redis.lrange(queue, 0, -1)
+        assert self.settings.redis_url is not None
+        client = aioredis.Redis.from_url(self.settings.redis_url, decode_responses=True)
+        try:
+            raw = await client.lrange(queue, 0, -1)
+        finally:
+            await client.aclose()
         return [json.loads(item) for item in reversed(raw)]
 
 
-async def serve_api(settings: ApiSettings) -> AsyncIterator[Api]:
-    """Run the app under uvicorn on a free port in this event loop, and yield a client for it."""
-    app = create_app(settings)
+@contextlib.asynccontextmanager
+async def serve_asgi(app: Any) -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on a free port in this event loop; yields its base URL."""
     port = free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
@@ -137,8 +142,15 @@ async def serve_api(settings: ApiSettings) -> AsyncIterator[Api]:
         if task.done():
             task.result()
         await asyncio.sleep(0.01)
-    url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def serve_api(settings: ApiSettings) -> AsyncIterator[Api]:
+    """Run the app under uvicorn on a free port in this event loop, and yield a client for it."""
+    app = create_app(settings)
+    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url, timeout=30.0) as client:
         yield Api(url=url, client=client, settings=settings, app=app)
-    server.should_exit = True
-    await task

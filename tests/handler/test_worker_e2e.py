@@ -4,28 +4,20 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import av
 import pytest
 import sqlalchemy as sa
-from conftest import Api, serve_api
+from harness import Api
 from PIL import Image
-from worker_harness import small_settings, wait_for_status, worker_settings
+from worker_harness import wait_for_status, worker_settings
 
-from edge_api.settings import ApiSettings
 from handler.main import run_worker
 from jobs.catalog import DEFAULT_CATALOG
 from jobs.tables import callback_receipts
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def small_api(api_settings: ApiSettings) -> AsyncIterator[Api]:
-    async for harness in serve_api(small_settings(api_settings)):
-        yield harness
 
 
 async def _statuses_reported(api: Api, job_id: str) -> list[str]:

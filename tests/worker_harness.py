@@ -7,7 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from conftest import Api
+from harness import Api
 
 from edge_api.settings import ApiSettings
 from handler.settings import WorkerSettings

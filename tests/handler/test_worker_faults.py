@@ -1,0 +1,202 @@
+"""The worker under faults: a dead child, a SIGKILLed worker, a flaky storage, an API that is down for a while."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import uvicorn
+from fake_supabase import KEY, error_body, running_fake
+from harness import Api, serve_api
+from servers import free_port
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from worker_harness import SMALL, small_settings, wait_for_status, worker_settings
+
+from edge_api.settings import ApiSettings
+from handler.main import open_worker, run_worker
+from handler.settings import WorkerSettings
+from jobs.tables import assets, callback_receipts, credit_ledger
+
+pytestmark = pytest.mark.slow
+
+# SDXL slow enough (a few seconds) that a fault can land in the middle of a job.
+SLOW_SDXL = {**SMALL, "sdxl_image_fast": {"width": 256, "height": 256, "steps": 24}}
+
+
+async def _ledger_sum(api: Api, job_id: str) -> int:
+    query = sa.select(sa.func.coalesce(sa.func.sum(credit_ledger.c.amount), 0)).where(
+        credit_ledger.c.job_id == uuid.UUID(job_id))
+    async with api.state.engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def _count(api: Api, table: sa.Table, job_id: str, **where: Any) -> int:
+    query = sa.select(sa.func.count()).select_from(table).where(table.c.job_id == uuid.UUID(job_id))
+    for column, value in where.items():
+        query = query.where(sa.cast(table.c[column], sa.Text).contains(value))
+    async with api.state.engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())
+
+
+async def _wait_running(api: Api, user: uuid.UUID, job_id: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 120
+    while loop.time() < deadline:
+        job = (await api.client.get(f"/api/jobs/{job_id}", headers=api.auth(user))).json()
+        if job["status"] == "processing" and job["progress"] > 0:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"job {job_id} never got going")
+
+
+@pytest.fixture
+async def slow_api(api_settings: ApiSettings) -> AsyncIterator[Api]:
+    async for harness in serve_api(small_settings(api_settings, catalog_overrides=SLOW_SDXL)):
+        yield harness
+
+
+def _child_processes() -> list[multiprocessing.process.BaseProcess]:
+    return [p for p in multiprocessing.active_children() if p.name == "ourvidz-child"]
+
+
+@pytest.mark.parametrize(("max_attempts", "outcome"), [(3, "completed"), (1, "failed")])
+async def test_killing_the_child_mid_job_reruns_or_fails_the_job_and_never_loses_it(
+        api_settings: ApiSettings, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path,
+        max_attempts: int, outcome: str) -> None:
+    settings = small_settings(api_settings, catalog_overrides=SLOW_SDXL, max_attempts=max_attempts)
+    async for api in serve_api(settings):
+        await api.set_balance(user, 5)
+        job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
+        async with open_worker(worker_settings(api, tiny_checkpoints, tmp_path / "work")) as worker:
+            running = asyncio.create_task(worker.run())
+            await _wait_running(api, user, job_id)
+            [child] = _child_processes()
+            os.kill(child.pid or 0, signal.SIGKILL)
+
+            job = await wait_for_status(api, user, job_id, {"completed", "failed"})
+            worker.request_stop()
+            stats = await running
+
+        assert job["status"] == outcome
+        assert stats.child_restarts == 1 and stats.handed_back == 1
+        if outcome == "completed":
+            assert job["attempts"] == 2 and len(job["assets"]) == 6
+            assert await _ledger_sum(api, job_id) == -1
+        else:
+            assert "tries" in job["error_message"]
+            assert await _ledger_sum(api, job_id) == 0  # refunded
+            assert (await api.client.get("/api/jobs/" + job_id, headers=api.auth(user))).json()["assets"] == []
+
+
+def _worker_env(settings: WorkerSettings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OURVIDZ_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        env[f"OURVIDZ_{name.upper()}"] = ",".join(value) if isinstance(value, list) else (
+            "{}" if isinstance(value, dict) else str(value))
+    return env
+
+
+async def test_a_sigkilled_worker_loses_nothing_and_another_completes_the_job_exactly_once(
+        slow_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path) -> None:
+    api = slow_api
+    await api.set_balance(user, 5)
+    job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
+    doomed = worker_settings(api, tiny_checkpoints, tmp_path / "work1", heartbeat_ttl_seconds=1.0)
+    with (tmp_path / "worker1.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", "worker", "--queues", "sdxl", env=_worker_env(doomed),
+            start_new_session=True, cwd=Path(__file__).parents[2], stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            await _wait_running(api, user, job_id)
+        finally:
+            os.killpg(process.pid, signal.SIGKILL)  # the worker and its child, mid-job
+            await process.wait()
+
+    while doomed.worker_id not in await api.state.queue.dead_workers():
+        await asyncio.sleep(0.1)  # its heartbeat has to expire first
+    assert await api.state.sweeper.sweep()
+    stats = await run_worker(worker_settings(api, tiny_checkpoints, tmp_path / "work2"), burst=True)
+
+    job = await wait_for_status(api, user, job_id, {"completed", "failed"}, timeout=5)
+    assert job["status"] == "completed" and job["attempts"] == 2
+    assert stats.completed == 1
+    assert await _count(api, assets, job_id) == 6
+    assert await _count(api, callback_receipts, job_id, response='"completed"') == 1
+    assert await _ledger_sum(api, job_id) == -1
+    assert await api.state.queue.job_ids() == set()
+
+
+async def test_an_upload_that_fails_twice_then_succeeds_completes_the_job(
+        small_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path) -> None:
+    api = small_api
+    await api.set_balance(user, 5)
+    job_id = (await api.submit(user, "image_fast")).json()["job"]["id"]
+    with running_fake() as supabase:
+        for _ in range(2):
+            supabase.answer_next(500, error_body("500", "internal", "storage is having a moment"))
+        settings = worker_settings(api, tiny_checkpoints, tmp_path / "work", storage="supabase",
+                                   supabase_url=supabase.url, supabase_service_key=KEY, queues=["wan"])
+        stats = await run_worker(settings, burst=True)
+    job = await wait_for_status(api, user, job_id, {"completed", "failed"}, timeout=5)
+    assert job["status"] == "completed", job["error_message"]
+    assert stats.completed == 1
+    uploads = [r for r in supabase.requests if r.method == "POST"]
+    assert len(uploads) == 3
+    assert len({r.path for r in uploads}) == 1  # the same object, retried
+    assert supabase.objects[("image_fast", job["metadata"]["primary_asset"])][1] == "image/png"
+
+
+def _flaky_api_proxy(target: str, refusals: int, seen: list[dict[str, str]]) -> Starlette:
+    """Forwards callbacks to the API, but answers 503 to the first `refusals` terminal callbacks."""
+
+    async def forward(request: Request) -> Response:
+        body = await request.body()
+        terminal = b'"status":"completed"' in body
+        if terminal:
+            seen.append(dict(request.headers))
+            if len(seen) <= refusals:
+                return Response(status_code=503)
+        async with httpx.AsyncClient() as client:
+            answer = await client.post(target + request.url.path, content=body, headers=dict(request.headers))
+        return Response(answer.content, status_code=answer.status_code, media_type="application/json")
+
+    return Starlette(routes=[Route("/api/job-callback", forward, methods=["POST"])])
+
+
+async def test_a_callback_endpoint_down_for_a_while_still_receives_the_terminal_callback(
+        small_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path) -> None:
+    api = small_api
+    await api.set_balance(user, 5)
+    job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
+    seen: list[dict[str, str]] = []
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(_flaky_api_proxy(api.url, 4, seen), port=port, log_level="warning"))
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    serving = asyncio.create_task(server.serve())
+    try:
+        settings = worker_settings(api, tiny_checkpoints, tmp_path / "work", api_url=f"http://127.0.0.1:{port}")
+        stats = await run_worker(settings, burst=True)
+    finally:
+        server.should_exit = True
+        await serving
+    job = await wait_for_status(api, user, job_id, {"completed", "failed"}, timeout=5)
+    assert job["status"] == "completed" and stats.completed == 1
+    assert len(seen) == 5  # four refusals, then delivered
+    assert len({headers["webhook-id"] for headers in seen}) == 1  # one callback, retried
