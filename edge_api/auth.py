@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 import jwt
+from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from edge_api.errors import unauthorized
@@ -23,6 +25,7 @@ from edge_api.errors import unauthorized
 log = logging.getLogger(__name__)
 
 ASYMMETRIC = frozenset({"RS256", "ES256"})
+_KEY_TYPES: dict[str, type] = {"RS256": RSAPublicKey, "ES256": EllipticCurvePublicKey}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +107,12 @@ class Authenticator:
         if algorithm == "HS256" and self._secret:
             return self._secret
         if algorithm in ASYMMETRIC and self._jwks is not None:
-            return await self._jwks.key(kid)
+            key = await self._jwks.key(kid)
+            # The header names both the algorithm and the key: an RSA key for ES256 (or the reverse)
+            # is a forged token, not a key for PyJWT to choke on.
+            if not isinstance(key, _KEY_TYPES[algorithm]):
+                raise unauthorized(f"the key {kid!r} is not a {algorithm} key")
+            return key
         raise unauthorized(f"tokens signed with {algorithm!r} are not accepted")
 
 
