@@ -21,6 +21,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per callback is noise
 
 
 @app.command()
@@ -70,20 +72,87 @@ def migrate(database_url: Annotated[str, typer.Option(envvar="OURVIDZ_DATABASE_U
     typer.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
 
 
-@app.command()
-def token(user_id: Annotated[str, typer.Option(help="The user's UUID.")] = "",
-          secret: Annotated[str, typer.Option(envvar="OURVIDZ_JWT_SECRET", help="The HS256 JWT secret.")] = "",
-          days: int = 30) -> None:
-    """Print an HS256 token for a user, as Supabase issues them.
+DATA_DIR = Path(".ourvidz")
 
-    Example: ourvidz token --user-id 6f1c… --secret "$OURVIDZ_JWT_SECRET"
+
+@app.command()
+def token(user_id: Annotated[str, typer.Option(help="The user's UUID (default: the instance's own user).")] = "",
+          data_dir: Annotated[Path, typer.Option(help="The embedded instance's data folder.")] = DATA_DIR,
+          secret: Annotated[str, typer.Option(envvar="OURVIDZ_JWT_SECRET",
+                                              help="An HS256 JWT secret (instead of the data folder's).")] = "",
+          days: int = 30) -> None:
+    """Print a token for a user of this instance, as Supabase issues them.
+
+    Example: ourvidz token --user-id 6f1c2b9e-0000-4000-8000-000000000001 --data-dir ./.ourvidz
     """
     from edge_api.auth import mint_token
+    from embedded import DataDir
 
-    if not secret:
-        raise typer.BadParameter("give --secret or set OURVIDZ_JWT_SECRET")
-    user = uuid.UUID(user_id) if user_id else uuid.uuid4()
-    typer.echo(mint_token(secret, user, ttl=days * 86400))
+    keys = None if secret else DataDir(data_dir).secrets()
+    user = uuid.UUID(user_id) if user_id else uuid.UUID(keys.user_id if keys else str(uuid.uuid4()))
+    typer.echo(mint_token(secret or (keys.jwt_secret if keys else ""), user, ttl=days * 86400))
+
+
+@app.command()
+def up(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+       port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+       data_dir: Annotated[Path, typer.Option(help="Where jobs, files, models and secrets are kept.")] = DATA_DIR,
+       verbose: bool = False) -> None:
+    """Run everything on this machine: the API on SQLite, local storage, and a CPU worker with tiny models.
+
+    Example: ourvidz up --port 8000   (then open the printed URL; Ctrl-C stops it, a restart resumes it)
+    """
+    from embedded import run_up
+
+    _logging(verbose)
+    try:
+        asyncio.run(run_up(host, port, data_dir))
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; everything is already stopped
+        typer.echo("Stopped.")
+
+
+@app.command()
+def submit(job_type: Annotated[str, typer.Argument(help="One of the 10 job types, e.g. sdxl_image_fast.")],
+           prompt: Annotated[str, typer.Argument(help="What to generate.")],
+           wait: Annotated[bool, typer.Option(help="Follow the job to its end with a progress bar.")] = False,
+           negative_prompt: Annotated[str | None, typer.Option(help="What to avoid (SDXL only).")] = None,
+           seed: Annotated[int | None, typer.Option(help="Reproduce an earlier result.")] = None,
+           api_url: Annotated[str, typer.Option(envvar="OURVIDZ_API_URL")] = "http://127.0.0.1:8000",
+           token: Annotated[str, typer.Option(envvar="OURVIDZ_TOKEN", help="Default: the data folder's user.")] = "",
+           data_dir: Annotated[Path, typer.Option(help="The embedded instance's data folder.")] = DATA_DIR) -> None:
+    """Submit a job to a running API; with --wait, follow it and print its assets.
+
+    Example: ourvidz submit sdxl_image_fast "a red fox in the snow" --wait
+    """
+    from client import run_submit
+
+    code = asyncio.run(run_submit(api_url, token or _local_token(data_dir), job_type, prompt, wait,
+                                  negative_prompt, seed))
+    raise typer.Exit(code)
+
+
+@app.command()
+def jobs(api_url: Annotated[str, typer.Option(envvar="OURVIDZ_API_URL")] = "http://127.0.0.1:8000",
+         token: Annotated[str, typer.Option(envvar="OURVIDZ_TOKEN", help="Default: the data folder's user.")] = "",
+         data_dir: Annotated[Path, typer.Option(help="The embedded instance's data folder.")] = DATA_DIR,
+         limit: int = 20) -> None:
+    """List your recent jobs with their status and progress.
+
+    Example: ourvidz jobs --limit 10
+    """
+    from client import run_jobs
+
+    raise typer.Exit(asyncio.run(run_jobs(api_url, token or _local_token(data_dir), limit)))
+
+
+def _local_token(data_dir: Path) -> str:
+    from edge_api.auth import mint_token
+    from embedded import DataDir
+
+    if not (data_dir / "secrets.json").exists():
+        raise typer.BadParameter(f"no instance in {data_dir}: give --token, or run `ourvidz up` first")
+    keys = DataDir(data_dir).secrets()
+    return mint_token(keys.jwt_secret, uuid.UUID(keys.user_id), ttl=3600)
 
 
 @app.command("make-checkpoints")

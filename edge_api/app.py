@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 
-from edge_api import health, routes
+from edge_api import events, health, pages, routes
 from edge_api.errors import install_handlers
 from edge_api.limits import BodyLimit
 from edge_api.settings import ApiSettings
@@ -40,6 +40,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     # Supabase apps call `supabase.functions.invoke('queue-job')`; same routes, one schema entry.
     app.include_router(routes.router, prefix="/functions/v1", include_in_schema=False)
     app.include_router(health.router)
+    app.include_router(events.router, prefix="/api")
+    app.include_router(pages.router)
     app.middleware("http")(_observe)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

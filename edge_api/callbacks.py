@@ -99,9 +99,9 @@ class CallbackProcessor:
             return _refuse(404, "Job not found", str(job_id))
         row = dict(found)
         current = JobStatus(row["status"])
-        if cb.attempt is not None and current is not JobStatus.QUEUED and cb.attempt != row["attempts"]:
+        if cb.attempt is not None and _stale(current, cb.status, cb.attempt, row["attempts"]):
             return _refuse(409, "Stale attempt", f"the callback is for attempt {cb.attempt}; "
-                           f"the job is at attempt {row['attempts']}")
+                           f"the job is {current} at attempt {row['attempts']}")
         handler = {
             JobStatus.PROCESSING: self._processing,
             JobStatus.COMPLETED: self._completed,
@@ -189,6 +189,14 @@ class CallbackProcessor:
             return _refuse(409, f"Job is {current}; only a running attempt can be handed back")
         moved = await transitions.requeue(conn, row["id"], attempt=cb.attempt)
         return _accept(moved) if moved is not None else _refuse(409, "Job changed meanwhile", retryable=True)
+
+
+def _stale(current: JobStatus, reported: JobStatus, attempt: int, attempts: int) -> bool:
+    """Whether a callback comes from an attempt that is over (the job was re-queued meanwhile)."""
+    if current is not JobStatus.QUEUED:
+        return attempt != attempts
+    # A waiting job's last attempt is over: only a repeat of its own hand-back may still arrive.
+    return attempt < attempts or (attempt == attempts and reported is not JobStatus.QUEUED)
 
 
 def _check_assets(cb: JobCallback, user_id: str) -> str | None:

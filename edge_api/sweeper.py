@@ -128,8 +128,21 @@ class Sweeper:
         for row in expired:
             async with self._engine.begin() as conn:
                 moved = await transitions.requeue_or_fail(conn, row, "the worker's lease expired")
-            if moved is not None:
-                log.warning("job %s: lease expired, now %s", row["id"], moved["status"])
+            if moved is None:
+                continue
+            log.warning("job %s: lease expired, now %s", row["id"], moved["status"])
+            # The worker may be alive but hung: its heartbeat keeps the message in its processing
+            # list, where the orphan pass counts it as held. Take it back and queue the job anew
+            # (a late ack of the hung worker then removes nothing).
+            try:
+                if row["worker_id"] is not None:
+                    for payload in await self._queue.held(row["worker_id"]):
+                        if job_id_of(payload) == str(row["id"]):
+                            await self._queue.ack(row["worker_id"], payload)
+                if moved["status"] == JobStatus.QUEUED.value:
+                    await push_job(self._engine, self._queue, moved, self._catalog)
+            except QueueUnavailable as exc:  # the orphan pass pushes it once the queue is back
+                log.warning("sweeper cannot reach the queue: %s", exc)
 
     async def _repush_orphans(self) -> None:
         cutoff = utcnow() - timedelta(seconds=self._grace)

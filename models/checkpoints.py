@@ -6,6 +6,7 @@ benchmarks where no weights can be downloaded. Every folder loads with `from_pre
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -18,16 +19,16 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    AutoencoderKLWan,
-    EulerDiscreteScheduler,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-    UniPCMultistepScheduler,
-    WanPipeline,
-    WanTransformer3DModel,
-)
+
+# From their modules, not the `diffusers` facade: type checkers resolve the facade to placeholder classes.
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
+from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
+from diffusers.pipelines.wan.pipeline_wan import WanPipeline
+from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
+from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler
 from safetensors.torch import save_file
 from tokenizers import pre_tokenizers
 from transformers import (
@@ -186,7 +187,7 @@ def sdxl_text_encoder_configs(size: Size) -> tuple[CLIPTextConfig, CLIPTextConfi
 
 
 def wan_transformer_config(size: Size) -> dict[str, Any]:
-    """Wan 2.1 T2V 1.3B DiT; tiny has one layer with one head of 12 (attention over 32k tokens dominates at 81 frames)."""
+    """Wan 2.1 T2V 1.3B DiT; tiny: one layer, one head of 12 (attention over 32k tokens dominates at 81 frames)."""
     common = {"patch_size": [1, 2, 2], "in_channels": 16, "out_channels": 16, "freq_dim": 256,
               "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6,
               # must cover the largest side of the patched latent grid (832 / 8 / 2 = 52)
@@ -249,6 +250,9 @@ _WORDS = (
     "hands", "text", "watermark", "static", "overexposed", "subtitles",
 )
 
+# BPE merges as (left, right) pairs: what the tokenizers library takes, whatever transformers' hints say.
+Merges = list[tuple[str, str]]
+
 _CLIP_SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 _QWEN_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
@@ -269,7 +273,7 @@ QWEN_CHAT_TEMPLATE = (
 
 
 def _bpe_vocab(alphabet: list[str], words: Iterable[list[str]], specials: Iterable[str]
-               ) -> tuple[dict[str, int], list[tuple[str, str]]]:
+               ) -> tuple[dict[str, int], Merges]:
     """A byte-level BPE: the alphabet, then merges that make each word one token, then the special tokens.
 
     Each word is first split by the merges learnt so far, then its leftmost pairs are merged; the new merges
@@ -292,14 +296,14 @@ def _apply_merges(parts: list[str], ranks: dict[tuple[str, str], int]) -> list[s
     """BPE on one word as the tokenizers library does it: the best-ranked pair first, leftmost on ties."""
     parts = list(parts)
     while len(parts) > 1:
-        rank, index = min((ranks.get(pair, len(ranks)), index) for index, pair in enumerate(zip(parts, parts[1:])))
+        rank, index = min((ranks.get(pair, len(ranks)), index) for index, pair in enumerate(itertools.pairwise(parts)))
         if rank == len(ranks):
             break
         parts[index:index + 2] = [parts[index] + parts[index + 1]]
     return parts
 
 
-def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _clip_vocab() -> tuple[dict[str, int], Merges]:
     # CLIP marks the end of a word with "</w>" and has every byte in both forms, as the real vocab does.
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     words = ([*word[:-1], word[-1] + "</w>"] for word in _WORDS if len(word) > 1)
@@ -309,7 +313,8 @@ def _clip_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
 def _clip_tokenizer(pad_token: str) -> CLIPTokenizer:
     vocab, merges = _clip_vocab()
     # model_max_length must be explicit: without it, truncation to CLIP's 77 positions fails with an overflow.
-    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token, model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=merges, pad_token=pad_token,  # type: ignore[arg-type]  # (see Merges)
+                         model_max_length=77)
 
 
 def _t5_tokenizer() -> T5Tokenizer:
@@ -323,7 +328,7 @@ def _t5_tokenizer() -> T5Tokenizer:
     return T5Tokenizer(vocab=list(pieces.items()), model_max_length=512)
 
 
-def _qwen_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+def _qwen_vocab() -> tuple[dict[str, int], Merges]:
     # GPT-2 style byte-level BPE: a word after a space starts with "Ġ" (the byte-level form of the space).
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     words = [["Ġ", *word] for word in _WORDS] + [list(word) for word in _WORDS if len(word) > 1]
@@ -332,12 +337,13 @@ def _qwen_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 def _qwen_tokenizer() -> Qwen2Tokenizer:
     vocab, merges = _qwen_vocab()
-    return Qwen2Tokenizer(vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                          unk_token=None, extra_special_tokens=["<|im_start|>", "<|im_end|>"],
+    return Qwen2Tokenizer(vocab=vocab, merges=merges,  # type: ignore[arg-type]  # (see Merges)
+                          eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                          extra_special_tokens=["<|im_start|>", "<|im_end|>"],
                           chat_template=QWEN_CHAT_TEMPLATE, model_max_length=131072)
 
 
-def _write_bpe_files(folder: Path, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:
+def _write_bpe_files(folder: Path, vocab: dict[str, int], merges: Merges) -> None:
     """vocab.json and merges.txt beside tokenizer.json, as the real repos ship (older transformers read these)."""
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     lines = ["#version: 0.2", *(f"{left} {right}" for left, right in merges)]
@@ -397,7 +403,7 @@ def _write_sdxl(folder: Path, size: Size) -> None:
 
 def _write_wan(folder: Path, size: Size) -> None:
     pipe = WanPipeline(
-        tokenizer=_t5_tokenizer(),
+        tokenizer=_t5_tokenizer(),  # type: ignore[arg-type]  # diffusers annotates the AutoTokenizer factory
         text_encoder=_seeded(lambda: UMT5EncoderModel(umt5_config(size)), "umt5", size),
         vae=_seeded(lambda: AutoencoderKLWan(**wan_vae_config(size)), "wan_vae", size),
         transformer=_seeded(lambda: WanTransformer3DModel(**wan_transformer_config(size)), "transformer", size),
@@ -444,7 +450,7 @@ def _build_once(out: Path, size: Size, write: Callable[[Path, Size], None]) -> P
         logger.info("building %s checkpoint in %s", size, out)
         write(tmp, size)
         (tmp / MARKER).write_text(size)
-        tmp.chmod(0o755)
+        _make_readable(tmp)
         if out.exists():
             shutil.rmtree(out)  # an unfinished build, or one of the other size
         tmp.rename(out)
@@ -452,6 +458,13 @@ def _build_once(out: Path, size: Size, write: Callable[[Path, Size], None]) -> P
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _make_readable(folder: Path) -> None:
+    """Folders 755, files 644: some writers use 600, and a worker may run as another user than the builder."""
+    folder.chmod(0o755)
+    for path in folder.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 # --- diffusers -> original (LDM) key layout, the inverse of diffusers' single-file converters -------------------
@@ -484,8 +497,8 @@ def sdxl_ldm_state_dict(unet: UNet2DConditionModel, vae: AutoencoderKL, text_enc
 
 
 def _unet_to_ldm(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
-    per_block = unet.config.layers_per_block + 1  # LDM numbers resnets and samplers in one sequence
-    with_attention = ["CrossAttn" in kind for kind in unet.config.up_block_types]
+    per_block = unet.config["layers_per_block"] + 1  # LDM numbers resnets and samplers in one sequence
+    with_attention = ["CrossAttn" in kind for kind in unet.config["up_block_types"]]
     return {_unet_key(key, per_block, with_attention): value for key, value in unet.state_dict().items()}
 
 
@@ -520,7 +533,7 @@ def _unet_index(side: str, block: int, layer: int, per_block: int) -> str:
 
 
 def _vae_to_ldm(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
-    last_up = len(vae.config.up_block_types) - 1  # LDM numbers the decoder's levels from the bottom
+    last_up = len(vae.config["up_block_types"]) - 1  # LDM numbers the decoder's levels from the bottom
     return dict(_vae_item(key, value, last_up) for key, value in vae.state_dict().items())
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
 
 from models.device import dtype_for, isolated_seed, quiet_progress_bars
 
@@ -62,8 +63,10 @@ class PromptEnhancer:
         dtype = dtype_for(target)
         with quiet_progress_bars():
             tokenizer = AutoTokenizer.from_pretrained(Path(path), local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(Path(path), dtype=dtype, local_files_only=True)
-        model.to(target).eval()
+            # Straight onto the device: no second copy of the weights in host memory.
+            model = AutoModelForCausalLM.from_pretrained(Path(path), dtype=dtype, device_map=str(target),
+                                                         local_files_only=True)
+        model.eval()
         logger.info("prompt enhancer loaded from %s on %s (%s)", path, target, dtype)
         return cls(model, tokenizer, target)
 
@@ -76,7 +79,7 @@ class PromptEnhancer:
         inputs = self.tokenizer(text, return_tensors="pt").to(self.device)
         started = time.perf_counter()
         with torch.inference_mode(), isolated_seed(self.device, seed):
-            output = self.model.generate(
+            output = cast(GenerationMixin, self.model).generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=min(_MIN_NEW_TOKENS, max_new_tokens),
@@ -84,7 +87,7 @@ class PromptEnhancer:
                 pad_token_id=self.tokenizer.pad_token_id,
             )
         new_tokens = output[0, inputs["input_ids"].shape[1]:]
-        enhanced = self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
+        enhanced = self.tokenizer.batch_decode([new_tokens], skip_special_tokens=True)[0].strip()
         logger.info("enhanced a prompt: %d new tokens in %.2f s", len(new_tokens), time.perf_counter() - started)
         if not enhanced:
             logger.warning("the enhancer wrote no text; keeping the original prompt")

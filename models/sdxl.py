@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 
 from models.device import StepCallback, dtype_for, quiet_progress_bars, seeded_generator, step_callback
 
@@ -62,9 +62,12 @@ class SdxlGenerator:
 def _load_pipeline(path: Path, dtype: torch.dtype, config: Path | str | None) -> StableDiffusionXLPipeline:
     # The invisible watermark costs ~90 ms of CPU per image and changes the pixels: ourvidz does not add it.
     if path.is_file():
-        return StableDiffusionXLPipeline.from_single_file(
-            str(path), config=str(config) if config is not None else None, dtype=dtype,
-            local_files_only=True, add_watermarker=False)
+        if config is None:
+            # Without it diffusers looks the configs up on the Hub, even with local_files_only.
+            raise ValueError(f"`config` (a diffusers SDXL folder: configs, tokenizers, scheduler) is required "
+                             f"to load the single-file checkpoint {path}")
+        return StableDiffusionXLPipeline.from_single_file(str(path), config=str(config), dtype=dtype,
+                                                          local_files_only=True, add_watermarker=False)
     return StableDiffusionXLPipeline.from_pretrained(path, dtype=dtype, local_files_only=True,
                                                      add_watermarker=False)
 
@@ -79,8 +82,6 @@ def _check_inputs(*, num_images: int, width: int, height: int, steps: int, seeds
             raise ValueError(f"`{name}` must be a positive multiple of 8, got {value}")
     if steps < 1:
         raise ValueError(f"`steps` must be at least 1, got {steps}")
-
-
 
 
 def _to_uint8_images(images: torch.Tensor) -> list[np.ndarray]:

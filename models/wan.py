@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import UniPCMultistepScheduler, WanPipeline
+from diffusers.pipelines.wan.pipeline_wan import WanPipeline
+from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler
 
 from models.device import StepCallback, dtype_for, quiet_progress_bars, seeded_generator, step_callback
 
@@ -52,8 +53,6 @@ class WanGenerator:
                  steps: int, guidance: float, shift: float, seed: int, on_step: StepCallback | None = None,
                  ) -> np.ndarray:
         """A video as a (frames, height, width, 3) uint8 array; `frames=1` makes an image."""
-        self.check_inputs(prompt, width=width, height=height, frames=frames, steps=steps, guidance=guidance,
-                          shift=shift)
         latents = self.denoise(prompt, negative_prompt, width=width, height=height, frames=frames, steps=steps,
                                guidance=guidance, shift=shift, seed=seed, on_step=on_step)
         return self.decode(latents)
@@ -80,6 +79,8 @@ class WanGenerator:
                 steps: int, guidance: float, shift: float, seed: int, on_step: StepCallback | None = None,
                 ) -> torch.Tensor:
         """The denoised latents, before the VAE (separate so the decode can be timed on its own)."""
+        self.check_inputs(prompt, width=width, height=height, frames=frames, steps=steps, guidance=guidance,
+                          shift=shift)
         self._use_shift(shift)
         prompt_embeds = self._encode(prompt)
         negative_embeds = self._negative_embeds(negative_prompt) if guidance > 1.0 else None

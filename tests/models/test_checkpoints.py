@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, AutoencoderKLWan, UNet2DConditionModel, WanTransformer3DModel
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
+from diffusers.models.transformers.transformer_wan import WanTransformer3DModel
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from safetensors import safe_open
 from transformers import (
     AutoTokenizer,
@@ -83,6 +86,7 @@ def test_enhancer_has_the_layout_of_qwen_instruct(tiny_checkpoints: CheckpointPa
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     chat = tokenizer.apply_chat_template([{"role": "user", "content": "a cat"}], tokenize=False,
                                          add_generation_prompt=True)
+    assert isinstance(chat, str)
     assert chat.startswith("<|im_start|>system\n")
     assert chat.endswith("<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n")
     generation = json.loads((folder / "generation_config.json").read_text())
