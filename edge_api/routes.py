@@ -14,6 +14,7 @@ from edge_api.deps import CurrentUser, State
 from edge_api.errors import ApiError, not_found, unauthorized
 from edge_api.submit import request_key, submit_job
 from edge_api.views import asset_view, decode_cursor, encode_cursor, job_view, wait_seconds
+from jobs.db import as_utc
 from jobs.messages import (
     AssetPage,
     CallbackAccepted,
@@ -149,4 +150,13 @@ async def job_callback(request: Request, state: State) -> JSONResponse:
         malformed = any(e["type"] == "json_invalid" for e in exc.errors())
         raise ApiError(422 if malformed else 400, "Invalid callback", str(exc.errors()[:3])) from exc
     answer = await state.callbacks.apply(webhook_id, body, callback)
+    if answer.ok and callback.status.is_terminal and not answer.body.get("duplicate"):
+        await _observe_duration(state, answer.body["job_id"])
     return JSONResponse(answer.body, status_code=answer.status_code)
+
+
+async def _observe_duration(state: State, job_id: str) -> None:
+    row = await state.store.get_job(uuid.UUID(job_id))
+    if row is not None and row["started_at"] is not None and row["completed_at"] is not None:
+        seconds = (as_utc(row["completed_at"]) - as_utc(row["started_at"])).total_seconds()  # type: ignore[operator]
+        state.metrics.job_seconds.labels(row["job_type"], row["status"]).observe(seconds)

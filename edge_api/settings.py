@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from jobs.catalog import DEFAULT_CATALOG, Catalog
+from jobs.storage import StorageSettings
 
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret"}
 
 
-class ApiSettings(BaseSettings):
+class ApiSettings(StorageSettings):
     """Everything the API needs; secrets have no defaults in production."""
 
     model_config = SettingsConfigDict(env_prefix="OURVIDZ_", env_file=None, extra="ignore")
@@ -31,12 +31,8 @@ class ApiSettings(BaseSettings):
     callback_secret: str = ""
     public_base_url: str = ""
 
-    # Storage: a local folder (embedded) or Supabase Storage.
-    storage: Literal["local", "supabase"] = "local"
-    storage_dir: Path = Path("./.ourvidz/storage")
+    # Storage (a local folder or Supabase Storage, see StorageSettings); the secret signs local URLs.
     files_secret: str = ""
-    supabase_url: str | None = None
-    supabase_service_key: str | None = None
     signed_url_seconds: int = 3600
 
     starting_credits: int = Field(default=0, ge=0)

@@ -19,7 +19,7 @@ from edge_api.sweeper import Sweeper
 from jobs.catalog import QUEUES, Catalog
 from jobs.db import create_sqlite_schema, is_sqlite, open_engine
 from jobs.queue import Queue, RedisQueue
-from jobs.storage import LocalStorage, Storage, SupabaseStorage
+from jobs.storage import Storage
 from jobs.table_queue import TableQueue
 
 
@@ -50,16 +50,6 @@ class AppState:
         await self.engine.dispose()
 
 
-def open_storage(settings: ApiSettings) -> Storage:
-    if settings.storage == "supabase":
-        if not settings.supabase_url or not settings.supabase_service_key:
-            raise ValueError("Supabase storage needs OURVIDZ_SUPABASE_URL and OURVIDZ_SUPABASE_SERVICE_KEY")
-        return SupabaseStorage(settings.supabase_url, settings.supabase_service_key)
-    # Without a configured secret (development), URLs are signed with a per-process secret.
-    secret = settings.files_secret or secrets.token_hex(32)
-    return LocalStorage(settings.storage_dir, secret, settings.public_base_url)
-
-
 async def open_state(settings: ApiSettings) -> AppState:
     catalog = settings.catalog
     engine = open_engine(settings.database_url)
@@ -71,7 +61,8 @@ async def open_state(settings: ApiSettings) -> AppState:
     jwks = JwksCache(settings.jwks_url, http, settings.jwks_cache_seconds) if settings.jwks_url else None
     return AppState(
         settings=settings, catalog=catalog, engine=engine, store=Store(engine), queue=queue,
-        storage=open_storage(settings),
+        # Without a configured secret (development), local URLs are signed with a per-process secret.
+        storage=settings.open_storage(settings.files_secret or secrets.token_hex(32), settings.public_base_url),
         auth=Authenticator(settings.jwt_audience, settings.jwt_secret, jwks),
         callbacks=CallbackProcessor(engine, catalog, settings.lease_seconds),
         sweeper=Sweeper(engine, queue, catalog, job_timeout=settings.job_timeout_seconds,

@@ -21,7 +21,6 @@ from handler.worker import Worker, WorkerStats
 from jobs.catalog import QUEUES
 from jobs.db import create_sqlite_schema, is_sqlite, open_engine
 from jobs.queue import Queue, RedisQueue
-from jobs.storage import LocalStorage, Storage, SupabaseStorage
 from jobs.table_queue import TableQueue
 
 log = logging.getLogger(__name__)
@@ -30,15 +29,6 @@ log = logging.getLogger(__name__)
 def model_paths(settings: WorkerSettings) -> ModelPaths:
     root = settings.checkpoints_dir
     return ModelPaths(sdxl=settings.sdxl_checkpoint or root / "sdxl", wan=root / "wan", enhancer=root / "qwen")
-
-
-def open_storage(settings: WorkerSettings) -> Storage:
-    if settings.storage == "supabase":
-        if not settings.supabase_url or not settings.supabase_service_key:
-            raise ValueError("Supabase storage needs OURVIDZ_SUPABASE_URL and OURVIDZ_SUPABASE_SERVICE_KEY")
-        return SupabaseStorage(settings.supabase_url, settings.supabase_service_key)
-    # The worker only writes; signing URLs is the API's business, so any secret will do here.
-    return LocalStorage(settings.storage_dir, secrets.token_hex(16))
 
 
 async def open_queue(settings: WorkerSettings) -> tuple[Queue, AsyncEngine | None]:
@@ -56,7 +46,8 @@ async def open_queue(settings: WorkerSettings) -> tuple[Queue, AsyncEngine | Non
 async def open_worker(settings: WorkerSettings) -> AsyncIterator[Worker]:
     """A worker with its queue, storage and HTTP client open; all closed on exit."""
     queue, engine = await open_queue(settings)
-    storage = open_storage(settings)
+    # The worker only writes; signing URLs is the API's business, so any secret will do here.
+    storage = settings.open_storage(secrets.token_hex(16))
     child = ChildProcess(model_paths(settings), settings.queues, settings.device,
                          build=settings.build_checkpoints, checkpoints_dir=settings.checkpoints_dir)
     try:

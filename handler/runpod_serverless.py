@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import secrets
 import shutil
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,7 +19,7 @@ import httpx
 
 from handler.callbacks import CallbackClient
 from handler.events import ChildEvent, Progress
-from handler.main import model_paths, open_storage
+from handler.main import model_paths
 from handler.runner import JobRunner
 from handler.settings import WorkerSettings
 from handler.uploader import Uploader
@@ -32,7 +33,7 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 def make_handler(runner: JobRunner, settings: WorkerSettings, report: Callable[[dict[str, Any], str], None]
                  ) -> Handler:
-    storage = open_storage(settings)
+    storage = settings.open_storage(secrets.token_hex(16))
     uploader = Uploader(storage, settings.upload_attempts, settings.retry_base_seconds)
 
     async def handle(job: dict[str, Any]) -> dict[str, Any]:

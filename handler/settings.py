@@ -9,16 +9,17 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from jobs.catalog import QUEUES
+from jobs.storage import StorageSettings
 
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(StorageSettings):
     model_config = SettingsConfigDict(env_prefix="OURVIDZ_", env_file=None, extra="ignore")
 
     worker_id: str = Field(default_factory=default_worker_id)
@@ -30,11 +31,6 @@ class WorkerSettings(BaseSettings):
 
     api_url: str = "http://127.0.0.1:8000"
     callback_secret: str = ""
-
-    storage: Literal["local", "supabase"] = "local"
-    storage_dir: Path = Path("./.ourvidz/storage")
-    supabase_url: str | None = None
-    supabase_service_key: str | None = None
 
     # Models: real weights in `checkpoints_dir/{sdxl,wan,qwen}`, or random ones built there on first run.
     checkpoints_dir: Path = Path("./.ourvidz/checkpoints")

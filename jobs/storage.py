@@ -27,10 +27,11 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
 import httpx
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
 
@@ -353,3 +354,22 @@ class LocalStorage(Storage):
             if isinstance(exc, OSError):
                 raise StorageError(f"store {target}: {exc}", retryable=False) from exc
             raise
+
+
+class StorageSettings(BaseSettings):
+    """The storage fields that the API's and the worker's settings share (prefix `OURVIDZ_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="OURVIDZ_", env_file=None, extra="ignore")
+
+    storage: Literal["local", "supabase"] = "local"
+    storage_dir: Path = Path("./.ourvidz/storage")
+    supabase_url: str | None = None
+    supabase_service_key: str | None = None
+
+    def open_storage(self, url_secret: str, public_base_url: str = "") -> Storage:
+        """Supabase Storage, or the local folder whose URLs are signed with `url_secret`."""
+        if self.storage == "supabase":
+            if not self.supabase_url or not self.supabase_service_key:
+                raise ValueError("Supabase storage needs OURVIDZ_SUPABASE_URL and OURVIDZ_SUPABASE_SERVICE_KEY")
+            return SupabaseStorage(self.supabase_url, self.supabase_service_key)
+        return LocalStorage(self.storage_dir, url_secret, public_base_url)
