@@ -29,6 +29,7 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import
 from diffusers.pipelines.wan.pipeline_wan import WanPipeline
 from diffusers.schedulers.scheduling_euler_discrete import EulerDiscreteScheduler
 from diffusers.schedulers.scheduling_unipc_multistep import UniPCMultistepScheduler
+from safetensors import safe_open
 from safetensors.torch import save_file
 from tokenizers import pre_tokenizers
 from transformers import (
@@ -44,6 +45,8 @@ from transformers import (
     UMT5Config,
     UMT5EncoderModel,
 )
+
+from models.device import quiet_progress_bars
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +106,12 @@ def build_sdxl_single_file(out_file: Path, size: Size) -> Path:
 
     That is how single-file checkpoints such as LUSTIFY ship; it loads with
     `StableDiffusionXLPipeline.from_single_file(out_file, config=<a build_sdxl folder>, local_files_only=True)`.
+    Skipped when `out_file` already holds this size (the file is renamed into place only once written).
     """
     _check_size(size)
+    if out_file.is_file() and _single_file_size(out_file) == size:
+        logger.info("checkpoint %s (%s) is complete, not rebuilding", out_file, size)
+        return out_file
     out_file.parent.mkdir(parents=True, exist_ok=True)
     components = _sdxl_components(size)
     state = sdxl_ldm_state_dict(components["unet"], components["vae"], components["text_encoder"],
@@ -119,6 +126,11 @@ def build_sdxl_single_file(out_file: Path, size: Size) -> Path:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return out_file
+
+
+def _single_file_size(path: Path) -> str | None:
+    with safe_open(path, framework="pt") as checkpoint:
+        return (checkpoint.metadata() or {}).get("ourvidz_size")
 
 
 def is_complete(out: Path, size: Size) -> bool:
@@ -448,7 +460,8 @@ def _build_once(out: Path, size: Size, write: Callable[[Path, Size], None]) -> P
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         logger.info("building %s checkpoint in %s", size, out)
-        write(tmp, size)
+        with quiet_progress_bars():
+            write(tmp, size)
         (tmp / MARKER).write_text(size)
         _make_readable(tmp)
         if out.exists():

@@ -23,7 +23,14 @@ from transformers import (
 )
 
 from models import checkpoints
-from models.checkpoints import MARKER, CheckpointPaths, build_all, build_enhancer, build_sdxl
+from models.checkpoints import (
+    MARKER,
+    CheckpointPaths,
+    build_all,
+    build_enhancer,
+    build_sdxl,
+    build_sdxl_single_file,
+)
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 
@@ -125,6 +132,17 @@ def test_an_unfinished_folder_is_rebuilt(tmp_path: Path) -> None:
 def test_unknown_size_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="huge"):
         build_sdxl(tmp_path / "sdxl", "huge")  # type: ignore[arg-type]
+
+
+def test_a_complete_single_file_is_skipped(sdxl_single_file: Path) -> None:
+    before = sdxl_single_file.stat().st_mtime_ns
+    assert build_sdxl_single_file(sdxl_single_file, "tiny") == sdxl_single_file
+    assert sdxl_single_file.stat().st_mtime_ns == before
+
+
+def test_built_files_are_readable_by_other_users(tiny_checkpoints: CheckpointPaths) -> None:
+    for path in tiny_checkpoints.enhancer.rglob("*"):
+        assert path.stat().st_mode & 0o777 == (0o755 if path.is_dir() else 0o644)
 
 
 def test_single_file_has_the_original_sdxl_key_layout(sdxl_single_file: Path) -> None:

@@ -18,9 +18,9 @@ def test_returns_new_text(enhancer: PromptEnhancer) -> None:
 
 
 def test_same_seed_same_text_other_seed_other_text(enhancer: PromptEnhancer) -> None:
-    first = enhancer.enhance(PROMPT, seed=1)
-    assert enhancer.enhance(PROMPT, seed=1) == first
-    assert enhancer.enhance(PROMPT, seed=2) != first
+    first = enhancer.enhance(PROMPT, seed=1, max_new_tokens=24)
+    assert enhancer.enhance(PROMPT, seed=1, max_new_tokens=24) == first
+    assert enhancer.enhance(PROMPT, seed=2, max_new_tokens=24) != first
 
 
 def test_max_new_tokens_caps_the_output(enhancer: PromptEnhancer) -> None:
@@ -39,7 +39,7 @@ def test_the_callers_random_state_is_untouched(enhancer: PromptEnhancer) -> None
 def test_an_empty_answer_keeps_the_original_prompt(enhancer: PromptEnhancer,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(enhancer.tokenizer, "decode", lambda *args, **kwargs: "  \n")
-    assert enhancer.enhance(PROMPT, seed=1) == PROMPT
+    assert enhancer.enhance(PROMPT, seed=1, max_new_tokens=4) == PROMPT
 
 
 def test_system_prompt_asks_for_a_wan_style_rewrite() -> None:
