@@ -163,7 +163,7 @@ class CallbackProcessor:
             {"id": uuid.uuid4(), "user_id": row["user_id"], "job_id": row["id"],
              "kind": asset.type or spec.output.value, "bucket": spec.bucket, "path": asset.url,
              "content_type": asset.metadata.get("content_type", spec.content_type),
-             "size_bytes": int(asset.metadata.get("size_bytes", 0)), "position": index,
+             "size_bytes": asset.metadata.get("size_bytes", 0), "position": index,
              "metadata": asset.metadata, "created_at": utcnow()}
             for index, asset in enumerate(cb.assets)
         ])
@@ -209,6 +209,12 @@ def _check_assets(cb: JobCallback, user_id: str) -> str | None:
             return f"{asset.url!r}: {exc}"
         if not asset.url.startswith(f"{user_id}/"):
             return f"{asset.url!r} is not under the job owner's folder {user_id}/"
+        # What becomes a column of the asset row must fit it (a worker's typo is a 400, not a 500).
+        size = asset.metadata.get("size_bytes", 0)
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            return f"{asset.url!r}: metadata.size_bytes must be a whole number of bytes, not {size!r}"
+        if not isinstance(asset.metadata.get("content_type", ""), str):
+            return f"{asset.url!r}: metadata.content_type must be a string"
     return None
 
 

@@ -87,6 +87,9 @@ function duration(seconds) {
   return rest ? `${m} min ${rest} s` : `${m} min`;
 }
 
+// An estimate reads better rounded: "about 4 min", not "about 4 min 1 s".
+const approx = (seconds) => duration(seconds >= 60 ? Math.round(seconds / 10) * 10 : seconds);
+
 const credits = (n) => `${n} credit${n === 1 ? "" : "s"}`;
 
 function typeLabel(t) {
@@ -94,6 +97,13 @@ function typeLabel(t) {
   const quality = t.quality === "high" ? "high quality" : "fast";
   if (t.family === "sdxl") return `SDXL · ${t.count} images · ${quality}`;
   return `Wan 2.1 · ${t.output} · ${quality}${t.enhanced ? " · enhanced" : ""}`;
+}
+
+// One file's kind of job, for the library's cards: "SDXL image · fast", "Wan video · high · enhanced".
+function assetLabel(t, kind) {
+  if (!t) return kind;
+  const family = t.family === "sdxl" ? "SDXL" : "Wan";
+  return `${family} ${t.output} · ${t.quality}${t.enhanced ? " · enhanced" : ""}`;
 }
 
 function bytes(n) {
@@ -124,12 +134,12 @@ function signedIn() {
   $("sign-out").hidden = false;
   refreshBalance();
   loadAssets(true);
-  const last = localStorage.getItem(JOB_KEY);
-  if (last && !state.job) resume(last);
+  if (!state.job) resume(localStorage.getItem(JOB_KEY));
 }
 
 function signedOut(error) {
   stopWatching();
+  clearResult();
   state.token = null;
   $("app").hidden = true;
   $("library").hidden = true;
@@ -154,7 +164,6 @@ $("token-form").addEventListener("submit", (event) => {
 $("sign-out").addEventListener("click", () => {
   localStorage.removeItem(TOKEN_KEY);
   localStorage.removeItem(JOB_KEY);
-  state.job = null;
   signedOut(null);
   $("token-input").focus();
 });
@@ -174,7 +183,7 @@ async function loadCatalog() {
     state.catalog = new Map(types.map((t) => [t.job_type, t]));
     const groups = GROUPS.map(([label, test]) => {
       const options = types.filter(test).map((t) =>
-        el("option", { value: t.job_type, text: `${typeLabel(t)} — ${credits(t.price)}, ~${duration(t.expected_seconds)}` }));
+        el("option", { value: t.job_type, text: `${typeLabel(t)} — ${credits(t.price)}, ~${approx(t.expected_seconds)}` }));
       return options.length ? el("optgroup", { label }, ...options) : null;
     });
     select.replaceChildren(...groups.filter(Boolean));
@@ -187,7 +196,7 @@ async function loadCatalog() {
 function describeType() {
   const t = state.catalog.get($("job-type").value);
   if (!t) return;
-  const facts = [t.description, credits(t.price), `about ${duration(t.expected_seconds)}`];
+  const facts = [t.description, credits(t.price), `about ${approx(t.expected_seconds)}`];
   if (t.output === "video") facts.push(`${t.frames} frames at ${t.fps} fps`);
   $("job-type-info").textContent = facts.join(" · ");
   $("negative-field").hidden = !t.negative_prompt_supported;
@@ -216,9 +225,7 @@ $("job-form").addEventListener("submit", async (event) => {
   button.setAttribute("aria-busy", "true");
   showError($("form-error"), null);
   try {
-    // A double click or a retried request is the same job, charged once.
-    const headers = crypto.randomUUID ? { "Idempotency-Key": crypto.randomUUID() } : {};
-    const answer = await api("/api/queue-job", { method: "POST", body: { jobType: t.job_type, metadata }, headers });
+    const answer = await api("/api/queue-job", { method: "POST", body: { jobType: t.job_type, metadata } });
     watch({ ...answer.job, progress: 0 });
     refreshBalance();
     refreshQueue();
@@ -232,6 +239,21 @@ $("job-form").addEventListener("submit", async (event) => {
 
 // --- Watching a job -------------------------------------------------------------------------------
 
+// Back to the empty result panel (signed out, or another user signs in).
+function clearResult() {
+  state.job = null;
+  state.renderedOutput = null;
+  delete $("result").dataset.jobId;
+  for (const id of ["job-status", "job-prompt", "job-meta", "job-percent"]) $(id).textContent = "";
+  $("job-output").replaceChildren();
+  $("job-badge").hidden = true;
+  $("progress-row").hidden = true;
+  $("cancel").hidden = true;
+  $("result-empty").hidden = false;
+  showError($("job-error"), null);
+  $("assets").replaceChildren();
+}
+
 function stopWatching() {
   const watcher = state.watcher;
   state.watcher = null;
@@ -240,11 +262,23 @@ function stopWatching() {
   clearTimeout(watcher.timer);
 }
 
+// Show the job this browser watched last, or else the user's latest job.
 async function resume(jobId) {
   try {
-    watch(await api(`/api/jobs/${encodeURIComponent(jobId)}`));
+    if (jobId) {
+      const job = await api(`/api/jobs/${encodeURIComponent(jobId)}`);
+      if (!state.job) watch(job); // unless a job was submitted meanwhile
+      return;
+    }
   } catch (error) {
-    if (error.status === 404) localStorage.removeItem(JOB_KEY);
+    if (error.status !== 404) return;
+    localStorage.removeItem(JOB_KEY);
+  }
+  try {
+    const [latest] = await api("/api/jobs?limit=1");
+    if (latest && !state.job) watch(latest);
+  } catch {
+    // nothing to show yet
   }
 }
 
@@ -306,7 +340,7 @@ const STATUS_TEXT = {
   queued: (job) => {
     const parts = ["Queued"];
     if (job.queue_position) parts.push(`position ${job.queue_position}`);
-    if (job.estimated_wait_seconds) parts.push(`about ${duration(job.estimated_wait_seconds)}`);
+    if (job.estimated_wait_seconds) parts.push(`about ${approx(job.estimated_wait_seconds)} to wait`);
     return parts.join(" · ");
   },
   processing: () => "Generating…",
@@ -343,11 +377,13 @@ function renderJob(job) {
   }
   $("cancel").hidden = job.status !== "queued";
 
+  $("job-prompt").textContent = job.metadata?.prompt ? `“${job.metadata.prompt}”` : "";
   const facts = [typeLabel(t) || job.job_type, `job ${job.id.slice(0, 8)}`];
   if (job.metadata?.enhanced_prompt) facts.push(`enhanced prompt: “${job.metadata.enhanced_prompt}”`);
   $("job-meta").textContent = facts.join(" · ");
+  $("result-empty").hidden = true;
 
-  if (job.status === "failed") showError($("job-error"), { message: job.error_message || "The job failed.", suggestedAction: "Try again; nothing was charged." });
+  if (job.status === "failed") showError($("job-error"), { message: job.error_message || "The job failed.", suggestedAction: "Try again, or pick another job type." });
   else showError($("job-error"), null);
 
   if (job.status === "completed" && state.renderedOutput !== job.id) {
@@ -357,12 +393,16 @@ function renderJob(job) {
   } else if (job.status !== "completed" && state.renderedOutput !== job.id) {
     $("job-output").replaceChildren();
   }
-  if (previous?.id === job.id && previous.status !== job.status && TERMINAL.has(job.status)) refreshBalance();
+  if (previous?.id === job.id && previous.status !== job.status && TERMINAL.has(job.status)) {
+    refreshBalance();
+    refreshQueue();
+  }
 }
 
-function media(asset, alt, { controls = true } = {}) {
+function media(asset, alt, { preload = "metadata" } = {}) {
   if (asset.kind === "video") {
-    return el("video", { src: asset.url, controls, playsinline: true, preload: "metadata", "aria-label": alt });
+    // `#t=0.1`: the browser fetches and shows a frame from the start instead of an empty box.
+    return el("video", { src: `${asset.url}#t=0.1`, controls: true, playsinline: true, preload, "aria-label": alt });
   }
   return el("img", { src: asset.url, alt, loading: "lazy", decoding: "async" });
 }
@@ -373,10 +413,14 @@ function renderOutput(job, t) {
   const box = $("job-output");
   box.className = `output ${assets.length > 1 ? "grid" : "single"} ${t?.output || ""}`;
   const items = assets.map((asset, i) => {
-    const alt = assets.length > 1 ? `Image ${i + 1} of ${assets.length}: ${prompt}` : `${asset.kind === "video" ? "Video" : "Image"}: ${prompt}`;
-    const download = el("a", { href: asset.url, download: "", class: "download", text: "Download" });
-    download.setAttribute("aria-label", `Download ${asset.kind} ${assets.length > 1 ? i + 1 : ""}`.trim());
-    return el("figure", { class: "tile" }, media(asset, alt), el("figcaption", {}, download));
+    const which = assets.length > 1 ? `${asset.kind} ${i + 1} of ${assets.length}` : asset.kind;
+    const alt = `${which[0].toUpperCase()}${which.slice(1)}: ${prompt}`;
+    const shown = asset.kind === "video"
+      ? media(asset, alt, { preload: "auto" })
+      : el("a", { href: asset.url, target: "_blank", rel: "noopener", class: "open" }, media(asset, alt));
+    const download = el("a", { href: asset.url, download: "", class: "fab", "aria-label": `Download ${which}`, title: "Download" },
+      el("span", { "aria-hidden": "true", text: "↓" }));
+    return el("figure", { class: "tile" }, shown, download);
   });
   box.replaceChildren(...items);
 }
@@ -421,7 +465,7 @@ async function loadAssets(reset) {
 
 function assetCard(asset) {
   const t = state.catalog.get(asset.bucket);
-  const label = typeLabel(t) || asset.bucket;
+  const label = assetLabel(t, asset.kind);
   const name = `${asset.kind} from ${when(asset.created_at)}`;
   const remove = el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete ${name}` });
   const download = el("a", { href: asset.url, download: "", class: "download", text: "Download", "aria-label": `Download ${name}` });
@@ -472,13 +516,16 @@ async function refreshQueue() {
   const value = $("queue-value");
   try {
     const q = await api("/api/queue-status", { auth: false });
+    $("workers-value").textContent = `${q.workers} worker${q.workers === 1 ? "" : "s"}`;
     if (!q.healthy) {
       value.textContent = "unavailable";
       return;
     }
     const byName = Object.fromEntries(q.queues.map((x) => [x.queue, x]));
     const jobs = (x) => `${x ? x.depth + x.processing : 0}`;
-    value.textContent = `SDXL ${jobs(byName.sdxl_queue)} · Wan ${jobs(byName.wan_queue)} · ${q.workers} worker${q.workers === 1 ? "" : "s"}`;
+    value.textContent = `SDXL ${jobs(byName.sdxl_queue)} · Wan ${jobs(byName.wan_queue)}`;
+    const waits = q.queues.map((x) => x.estimated_wait_seconds).filter((w) => w > 0);
+    $("queue").title = waits.length ? `Expected wait up to ${approx(Math.max(...waits))}` : "No wait";
   } catch {
     value.textContent = "unknown";
   }
