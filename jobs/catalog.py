@@ -54,7 +54,16 @@ class JobSpec:
     max_file_bytes: int
     price: int
     reference_seconds: float
-    description: str
+
+    @property
+    def description(self) -> str:
+        """What the job makes, from the record's own fields (so overrides show)."""
+        size = f"{self.width}x{self.height}"
+        if self.is_sdxl:
+            return f"{self.num_outputs} SDXL images at {size} ({self.quality}: {self.steps} steps)"
+        what = f"a {self.frames / self.fps:.0f} s video" if self.output is OutputKind.VIDEO else "an image"
+        enhanced = ", prompt enhanced by Qwen" if self.enhanced else ""
+        return f"Wan 2.1: {what} at {size} ({self.quality}: {self.steps} steps{enhanced})"
 
     @property
     def queue(self) -> str:
@@ -96,7 +105,6 @@ def _sdxl(quality: Quality, steps: int, guidance: float, limit_mb: int, price: i
         job_type=f"sdxl_image_{quality}", family=Family.SDXL, output=OutputKind.IMAGE, quality=quality,
         num_outputs=6, width=1024, height=1024, frames=1, fps=0, steps=steps, guidance=guidance, shift=0.0,
         enhanced=False, max_file_bytes=limit_mb * MB, price=price, reference_seconds=ref,
-        description=f"6 SDXL images at 1024x1024 ({quality}: {steps} steps)",
     )
 
 
@@ -105,13 +113,11 @@ def _wan(job_type: str, output: OutputKind, quality: Quality, enhanced: bool, li
     video = output is OutputKind.VIDEO
     high = quality is Quality.HIGH
     frames = (97 if high else 81) if video else 1
-    what = f"a {frames / 16:.0f} s video" if video else "1 image"
     return JobSpec(
         job_type=job_type, family=Family.WAN, output=output, quality=quality, num_outputs=1,
         width=480, height=832, frames=frames, fps=16, steps=50 if high else 25,
         guidance=7.5 if high else 6.5, shift=5.0, enhanced=enhanced, max_file_bytes=limit_mb * MB,
         price=price, reference_seconds=ref,
-        description=f"Wan 2.1 {what} at 480x832 ({quality}{', Qwen-enhanced prompt' if enhanced else ''})",
     )
 
 
