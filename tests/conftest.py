@@ -139,19 +139,42 @@ async def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-@pytest.fixture
-def api_settings(postgres_url: str, redis_url: str, tmp_path: Path) -> ApiSettings:
-    """Production-shaped settings (Postgres, Redis); tests change fields with `model_copy(update=...)`."""
+def make_settings(database_url: str, redis_url: str, storage_dir: Path) -> ApiSettings:
     return ApiSettings(
-        database_url=postgres_url, redis_url=redis_url, jwt_secret=JWT_SECRET, callback_secret=new_secret(),
-        storage="local", storage_dir=tmp_path / "storage", files_secret="files-secret-for-tests",
+        database_url=database_url, redis_url=redis_url, jwt_secret=JWT_SECRET, callback_secret=new_secret(),
+        storage="local", storage_dir=storage_dir, files_secret="files-secret-for-tests",
         starting_credits=0, sweeper_enabled=False, outbox_grace_seconds=0,
     )
 
 
 @pytest.fixture
+def api_settings(postgres_url: str, redis_url: str, tmp_path: Path) -> ApiSettings:
+    """Production-shaped settings (Postgres, Redis); tests change fields with `model_copy(update=...)`."""
+    return make_settings(postgres_url, redis_url, tmp_path / "storage")
+
+
+@pytest.fixture
 async def api(api_settings: ApiSettings) -> AsyncIterator[Api]:
     async for harness in serve_api(api_settings):
+        yield harness
+
+
+@pytest.fixture(scope="module")
+async def shared_settings(fresh_databases: FreshDatabases, redis_server: RedisServer,
+                          tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ApiSettings]:
+    """Settings with a database of the module's own, kept for all its tests (Redis is not flushed for it)."""
+    if redis_server.process is None:
+        redis_server.start()
+    name = await fresh_databases.take()
+    yield make_settings(fresh_databases.url(name), redis_server.url, tmp_path_factory.mktemp("storage"))
+    await fresh_databases.drop(name)
+
+
+@pytest.fixture(scope="module")
+async def shared_api(shared_settings: ApiSettings) -> AsyncIterator[Api]:
+    """One API for the tests of a module whose every check is about their own user or job ids: they
+    need no server and database of their own (tests that read a queue, a count or the sweeper do)."""
+    async for harness in serve_api(shared_settings):
         yield harness
 
 

@@ -129,14 +129,27 @@ class Api:
         return [json.loads(item) for item in reversed(raw)]
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, told to stop by an event instead of noticing it on its 0.1 s tick, and leaving
+    the signals to the test runner."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.stop = asyncio.Event()
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return contextlib.nullcontext()
+
+    async def main_loop(self) -> None:
+        await self.on_tick(0)  # sets the Date header once
+        await self.stop.wait()
+
+
 @contextlib.asynccontextmanager
 async def serve_asgi(app: Any) -> AsyncIterator[str]:
     """Serve an ASGI app with uvicorn on a free port in this event loop; yields its base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    # The test runner owns the signals; uvicorn must not take Ctrl-C away from it.
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -146,6 +159,7 @@ async def serve_asgi(app: Any) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
+        server.stop.set()
         await task
 
 

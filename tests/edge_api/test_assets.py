@@ -14,6 +14,12 @@ from jobs.catalog import DEFAULT_CATALOG
 from jobs.tables import assets as assets_table
 
 
+@pytest.fixture
+def api(shared_api: Api) -> Api:
+    """Every check here is about the test's own user's assets, so one server and database serve the module."""
+    return shared_api
+
+
 async def completed_job(api: Api, user: uuid.UUID, job_type: str) -> list[str]:
     """A completed job whose files are stored; returns their paths."""
     spec = DEFAULT_CATALOG[job_type]
@@ -65,7 +71,8 @@ async def test_pages_cover_every_asset_once_newest_first(api: Api, user: uuid.UU
 async def test_pages_have_no_gaps_when_assets_share_a_timestamp(api: Api, user: uuid.UUID,
                                                                 library: list[str]) -> None:
     async with api.state.engine.begin() as conn:
-        await conn.execute(sa.update(assets_table).values(created_at=datetime(2026, 1, 1, tzinfo=UTC)))
+        await conn.execute(sa.update(assets_table).where(assets_table.c.user_id == user)
+                           .values(created_at=datetime(2026, 1, 1, tzinfo=UTC)))
     for limit in (1, 4, 6, 13, 100):
         listed = [a["path"] for page in await all_pages(api, user, limit=limit) for a in page]
         assert sorted(listed) == sorted(library)

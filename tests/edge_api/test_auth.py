@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import hashlib
+import hmac
 import json
 import time
 import uuid
@@ -26,6 +29,13 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from edge_api.settings import ApiSettings
+
+
+@pytest.fixture
+def api(shared_api: Api) -> Api:
+    """Who gets in is the same question on any server: one server and database serve the module (the
+    tests that count JWKS fetches start their own)."""
+    return shared_api
 
 
 def claims(user: uuid.UUID, **overrides: Any) -> dict[str, Any]:
@@ -125,7 +135,7 @@ async def test_a_refused_submit_creates_nothing(api: Api, user: uuid.UUID) -> No
     response = await api.client.post("/api/queue-job", json={"jobType": "image_fast", "metadata": {"prompt": "x"}},
                                      headers={"Authorization": BAD_AUTHORIZATION["forged with another secret"](user)})
     assert_unauthorized(response)
-    assert await api.job_rows() == []
+    assert await api.job_rows(user) == []
     assert await api.balance(user) == 5
 
 
@@ -151,10 +161,9 @@ def signing_keys() -> tuple[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048), ec.generate_private_key(ec.SECP256R1())
 
 
-@pytest.fixture
-async def jwks(signing_keys: tuple[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]) -> AsyncIterator[Jwks]:
+@contextlib.asynccontextmanager
+async def serve_jwks(rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey) -> AsyncIterator[Jwks]:
     """The project's JWKS, served over HTTP by a small app of its own that counts its requests."""
-    rsa_key, ec_key = signing_keys
     keys = [
         {**RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True), "kid": "rsa-1", "alg": "RS256", "use": "sig"},
         {**ECAlgorithm.to_jwk(ec_key.public_key(), as_dict=True), "kid": "ec-1", "alg": "ES256", "use": "sig"},
@@ -172,20 +181,40 @@ async def jwks(signing_keys: tuple[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey
 
 
 @pytest.fixture
+async def jwks(signing_keys: tuple[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]) -> AsyncIterator[Jwks]:
+    async with serve_jwks(*signing_keys) as served:
+        yield served
+
+
+@pytest.fixture
 async def jwks_api(api_settings: ApiSettings, jwks: Jwks) -> AsyncIterator[Api]:
+    """An API whose JWKS cache starts empty, for the tests that count fetches."""
     async for api in serve_api(api_settings.model_copy(update={"jwks_url": jwks.url})):
         yield api
 
 
+@pytest.fixture(scope="module")
+async def shared_jwks(signing_keys: tuple[rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey]) -> AsyncIterator[Jwks]:
+    async with serve_jwks(*signing_keys) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+async def shared_jwks_api(shared_settings: ApiSettings, shared_jwks: Jwks) -> AsyncIterator[Api]:
+    """One API with the JWKS for the tests that only check who gets in."""
+    async for api in serve_api(shared_settings.model_copy(update={"jwks_url": shared_jwks.url})):
+        yield api
+
+
 @pytest.mark.parametrize(("alg", "kid"), [("RS256", "rsa-1"), ("ES256", "ec-1")])
-async def test_an_asymmetric_token_from_the_jwks_gets_in(jwks_api: Api, jwks: Jwks, user: uuid.UUID, alg: str,
-                                                         kid: str) -> None:
-    response = await get_assets(jwks_api, f"Bearer {jwks.token(user, alg, kid)}")
+async def test_an_asymmetric_token_from_the_jwks_gets_in(shared_jwks_api: Api, shared_jwks: Jwks, user: uuid.UUID,
+                                                         alg: str, kid: str) -> None:
+    response = await get_assets(shared_jwks_api, f"Bearer {shared_jwks.token(user, alg, kid)}")
     assert response.status_code == 200, response.text
 
 
-async def test_hs256_tokens_still_work_beside_the_jwks(jwks_api: Api, user: uuid.UUID) -> None:
-    assert (await get_assets(jwks_api, f"Bearer {jwks_api.token(user)}")).status_code == 200
+async def test_hs256_tokens_still_work_beside_the_jwks(shared_jwks_api: Api, user: uuid.UUID) -> None:
+    assert (await get_assets(shared_jwks_api, f"Bearer {shared_jwks_api.token(user)}")).status_code == 200
 
 
 async def test_the_jwks_is_fetched_once_for_many_requests(jwks_api: Api, jwks: Jwks, user: uuid.UUID) -> None:
@@ -219,25 +248,32 @@ BAD_ASYMMETRIC = {
     "expired": lambda j, u: j.token(u, "RS256", "rsa-1", exp=int(time.time()) - 60),
     "wrong audience": lambda j, u: j.token(u, "ES256", "ec-1", aud="elsewhere"),
     "role anon": lambda j, u: j.token(u, "RS256", "rsa-1", role="anon"),
-    "HS256 signed with the public key": lambda j, u: jwt.encode(
-        claims(u), j.rsa_key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                       serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-        .replace("\n", "")[:64], algorithm="HS256", headers={"kid": "rsa-1"}),
+    "HS256 signed with the public key": lambda j, u: _hs256_with_public_key(j, u),
 }
 
 
+def _hs256_with_public_key(jwks: Jwks, user: uuid.UUID) -> str:
+    """The algorithm-confusion attack: an HMAC keyed with the (public) RSA PEM, by hand (PyJWT refuses to)."""
+    pem = jwks.rsa_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    signing_input = f"{b64({'alg': 'HS256', 'typ': 'JWT', 'kid': 'rsa-1'})}.{b64(claims(user))}"
+    signature = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{base64.urlsafe_b64encode(signature).rstrip(b'=').decode()}"
+
+
 @pytest.mark.parametrize("case", list(BAD_ASYMMETRIC))
-async def test_a_bad_asymmetric_token_is_401(jwks_api: Api, jwks: Jwks, user: uuid.UUID, case: str) -> None:
-    assert_unauthorized(await get_assets(jwks_api, f"Bearer {BAD_ASYMMETRIC[case](jwks, user)}"))
+async def test_a_bad_asymmetric_token_is_401(shared_jwks_api: Api, shared_jwks: Jwks, user: uuid.UUID,
+                                             case: str) -> None:
+    assert_unauthorized(await get_assets(shared_jwks_api, f"Bearer {BAD_ASYMMETRIC[case](shared_jwks, user)}"))
 
 
-async def test_an_unreachable_jwks_is_401_not_a_crash(api_settings: ApiSettings, jwks: Jwks,
+async def test_an_unreachable_jwks_is_401_not_a_crash(api_settings: ApiSettings, shared_jwks: Jwks,
                                                       user: uuid.UUID) -> None:
     settings = api_settings.model_copy(update={"jwks_url": f"http://127.0.0.1:{free_port()}/jwks.json"})
     async for api in serve_api(settings):
-        assert_unauthorized(await get_assets(api, f"Bearer {jwks.token(user)}"))
+        assert_unauthorized(await get_assets(api, f"Bearer {shared_jwks.token(user)}"))
         assert (await get_assets(api, f"Bearer {api.token(user)}")).status_code == 200
 
 
-async def test_without_a_jwks_asymmetric_tokens_are_refused(api: Api, jwks: Jwks, user: uuid.UUID) -> None:
-    assert_unauthorized(await get_assets(api, f"Bearer {jwks.token(user)}"))
+async def test_without_a_jwks_asymmetric_tokens_are_refused(api: Api, shared_jwks: Jwks, user: uuid.UUID) -> None:
+    assert_unauthorized(await get_assets(api, f"Bearer {shared_jwks.token(user)}"))

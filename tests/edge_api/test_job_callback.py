@@ -15,6 +15,12 @@ from harness import Api
 from jobs.webhooks import signed_headers
 
 
+@pytest.fixture
+def api(shared_api: Api) -> Api:
+    """Every check here is about the test's own user and job ids, so one server and database serve the module."""
+    return shared_api
+
+
 def paths(user: uuid.UUID, job_id: str, count: int = 1, ext: str = "png") -> list[str]:
     return [f"{user}/{job_id}_{n}.{ext}" for n in range(count)]
 
@@ -204,6 +210,17 @@ async def test_assets_outside_the_owners_folder_are_400(api: Api, user: uuid.UUI
     assert_refused(response, 400)
     assert (await api.job_row(job_id))["status"] == "processing"
     assert await api.asset_rows(job_id) == []
+
+
+@pytest.mark.parametrize("metadata", [{"size_bytes": "big"}, {"size_bytes": -1}, {"size_bytes": [1]},
+                                      {"content_type": 7}], ids=repr)
+async def test_asset_metadata_the_rows_cannot_hold_is_400(api: Api, user: uuid.UUID,
+                                                          metadata: dict[str, Any]) -> None:
+    job_id = await running_job(api, user)
+    response = await api.callback({"job_id": job_id, "status": "completed", "attempt": 1,
+                                   "assets": [{"url": paths(user, job_id)[0], "metadata": metadata}]})
+    assert_refused(response, 400)
+    assert (await api.job_row(job_id))["status"] == "processing"
 
 
 # --- failed ----------------------------------------------------------------------------------------

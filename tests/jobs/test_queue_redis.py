@@ -104,10 +104,10 @@ async def test_claim_on_empty_queues_returns_none_after_the_timeout(queue: Redis
 async def test_claim_longer_than_the_socket_timeout_is_not_an_outage(redis_url: str) -> None:
     # A worker blocks for longer than the client's socket timeout: that must end in None, not in a
     # socket timeout reported as "Redis is down" (while Redis may still move a message nobody reads).
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=0.6)
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=1.0)
     queue = RedisQueue(client, QUEUES)
     try:
-        assert await queue.claim([SDXL_QUEUE], "w1", timeout=0.8) is None
+        assert await queue.claim([SDXL_QUEUE], "w1", timeout=1.2) is None
     finally:
         await queue.aclose()
 
