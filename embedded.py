@@ -92,7 +92,7 @@ def worker_environment(data: DataDir, api_url: str) -> dict[str, str]:
         "OURVIDZ_BUILD_CHECKPOINTS": "tiny", "OURVIDZ_DEVICE": "cpu", "OURVIDZ_WORK_DIR": str(data.work.resolve()),
         "OURVIDZ_QUEUES": "sdxl_queue,wan_queue", "OURVIDZ_WORKER_ID": f"embedded-{uuid.uuid4().hex[:8]}",
         # Ctrl-C should stop quickly: a job still running after this is handed back and resumed next time.
-        "OURVIDZ_SHUTDOWN_GRACE_SECONDS": "3",
+        "OURVIDZ_SHUTDOWN_GRACE_SECONDS": os.environ.get("OURVIDZ_SHUTDOWN_GRACE_SECONDS", "3"),
     })
     return env
 
@@ -131,6 +131,8 @@ class WorkerSupervisor:
                     env=worker_environment(self._data, self._api_url), stdout=sink, stderr=sink,
                     cwd=Path(__file__).resolve().parent)
                 code = await self._process.wait()
+            if code in (130, -signal.SIGINT):
+                return  # Ctrl-C reached the worker too: the whole instance is stopping
             if not self._stopping:
                 self.restarts += 1
                 log.warning("the worker exited with code %s; restarting it (see %s)", code, self._log_file)

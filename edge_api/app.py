@@ -51,7 +51,12 @@ async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Re
     started = time.perf_counter()
     response = await call_next(request)
     route = request.scope.get("route")
-    template = getattr(route, "path_format", None) or "unmatched"
+    template = getattr(route, "path_format", None)
+    if template is None:
+        template = "unmatched"
+    elif request.url.path.startswith(("/api/", "/functions/v1/")):
+        # Included routers report their path without the prefix; both prefixes keep their own series.
+        template = ("/functions/v1" if request.url.path.startswith("/functions/") else "/api") + template
     state = getattr(request.app.state, "ourvidz", None)
     if state is not None:
         state.metrics.requests.labels(request.method, template, str(response.status_code)).inc()

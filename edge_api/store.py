@@ -41,11 +41,11 @@ class Store:
         self.engine = engine
 
     async def create_job(self, new: NewJob, starting_credits: int) -> tuple[Row, bool]:
-        """Insert the job and charge for it in one transaction. Returns (row, created)."""
-        if new.idempotency_key is not None:
-            existing = await self._by_idempotency_key(new)
-            if existing is not None:
-                return existing, False
+        """Insert the job and charge for it in one transaction. Returns (row, created).
+
+        The caller looks the Idempotency-Key up first; a concurrent request with the same key loses
+        on the unique constraint here and gets the winner's job.
+        """
         job_id = uuid.uuid4()
         spec = new.spec
         values = {
@@ -64,13 +64,14 @@ class Store:
             # A concurrent request with the same Idempotency-Key won the unique constraint.
             if new.idempotency_key is None:
                 raise
-            existing = await self._by_idempotency_key(new)
+            existing = await self.find_by_idempotency_key(new)
             if existing is None:
                 raise
             return existing, False
         return values, True
 
-    async def _by_idempotency_key(self, new: NewJob) -> Row | None:
+    async def find_by_idempotency_key(self, new: NewJob) -> Row | None:
+        """The job an earlier request with this key created; IdempotencyConflict if its body differed."""
         async with self.engine.connect() as conn:
             row = (await conn.execute(sa.select(jobs).where(
                 jobs.c.user_id == new.user_id, jobs.c.idempotency_key == new.idempotency_key))).mappings().first()

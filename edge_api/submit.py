@@ -75,16 +75,21 @@ async def _check_queue(state: AppState, spec: JobSpec) -> None:
 async def submit_job(state: AppState, user: User, request: QueueJobRequest, key: str | None) -> QueueJobResponse:
     spec = resolve_spec(state, request.jobType)
     new = _new_job(state, user, request, spec, key)
-    await _check_queue(state, spec)
     try:
-        row, created = await state.store.create_job(new, state.settings.starting_credits)
+        # A retry of an accepted job gets its answer even while the queue is full or down.
+        existing = await state.store.find_by_idempotency_key(new) if key else None
+        if existing is None:
+            await _check_queue(state, spec)
+            row, created = await state.store.create_job(new, state.settings.starting_credits)
+        else:
+            row, created = existing, False
     except InsufficientCredits as exc:
         raise ApiError(402, "Insufficient credits", f"{spec.job_type} costs {exc.price}; the balance is {exc.balance}",
                        suggested_action="Buy more credits or choose a cheaper job type.") from exc
     except IdempotencyConflict as exc:
         raise ApiError(409, "Idempotency-Key reused", "this key was used with another request body",
                        suggested_action="Use a new Idempotency-Key for a new job.") from exc
-    depth = await (_push(state, row) if created else state.queue.depth(spec.queue))
+    depth = await (_push(state, row) if created else _depth_or_zero(state, spec))
     if created:
         state.metrics.jobs_submitted.labels(spec.job_type).inc()
     return QueueJobResponse(
@@ -92,6 +97,13 @@ async def submit_job(state: AppState, user: User, request: QueueJobRequest, key:
         queueLength=depth, modelVariant=spec.model_variant, isSDXL=spec.is_sdxl,
         negativePromptSupported=spec.negative_prompt_supported,
     )
+
+
+async def _depth_or_zero(state: AppState, spec: JobSpec) -> int:
+    try:
+        return await state.queue.depth(spec.queue)
+    except QueueUnavailable:
+        return 0
 
 
 async def _push(state: AppState, row: Row) -> int:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import signal
 import threading
 import traceback
 from concurrent.futures import Future
@@ -33,6 +34,8 @@ def child_main(conn: Connection, paths: ModelPaths, queues: list[str], device: s
                checkpoints_dir: Path | None = None) -> None:
     """The child's whole life: load, then serve `RunJob`s until `Shutdown` or the pipe closes."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s child %(levelname)s %(name)s: %(message)s")
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides when the child stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     send_lock = threading.Lock()
 
     def emit(event: ChildEvent) -> None:

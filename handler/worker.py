@@ -75,6 +75,7 @@ class Worker:
         self._gpu_free = asyncio.Event()
         self._child_ready = False
         self._stopping = asyncio.Event()
+        self._abandoned = False  # jobs were handed back while the child still works on them
 
     @property
     def worker_id(self) -> str:
@@ -106,7 +107,8 @@ class Worker:
                     await task
             with contextlib.suppress(QueueUnavailable):
                 await self.queue.retire(self.worker_id)
-            await self.child.stop()
+            # A child still busy with a handed-back job would only finish it for nobody.
+            await self.child.stop(timeout=1.0 if self._abandoned else 10.0)
         return self.stats
 
     async def _claim_loop(self, burst: bool) -> None:
@@ -151,6 +153,7 @@ class Worker:
         for task in pending:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._abandoned = bool(unfinished)
         for job in unfinished:
             await self._hand_back(job, "the worker stopped before the job finished")
 

@@ -22,12 +22,13 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 # Real frame counts, small sizes; the video slow enough that a restart lands in the middle of it.
-OVERRIDES = {**SMALL, "video_fast": {"width": 64, "height": 48, "steps": 16}}
+OVERRIDES = {**SMALL, "video_fast": {"width": 192, "height": 192, "steps": 40}}
 
 
 def _env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OURVIDZ_")}
     env["OURVIDZ_CATALOG_OVERRIDES"] = json.dumps(OVERRIDES)
+    env["OURVIDZ_SHUTDOWN_GRACE_SECONDS"] = "0"  # Ctrl-C hands the running job back at once
     return env
 
 
