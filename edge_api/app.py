@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
 from edge_api import events, health, pages, routes
 from edge_api.errors import install_handlers
 from edge_api.limits import BodyLimit
+from edge_api.observe import RequestMetrics
 from edge_api.settings import ApiSettings
 from edge_api.state import open_state
 
@@ -42,23 +42,6 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(events.router, prefix="/api")
     app.include_router(pages.router)
-    app.middleware("http")(_observe)
+    app.add_middleware(RequestMetrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app
-
-
-async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-    started = time.perf_counter()
-    response = await call_next(request)
-    route = request.scope.get("route")
-    template = getattr(route, "path_format", None)
-    if template is None:
-        template = "unmatched"
-    elif request.url.path.startswith(("/api/", "/functions/v1/")):
-        # Included routers report their path without the prefix; both prefixes keep their own series.
-        template = ("/functions/v1" if request.url.path.startswith("/functions/") else "/api") + template
-    state = getattr(request.app.state, "ourvidz", None)
-    if state is not None:
-        state.metrics.requests.labels(request.method, template, str(response.status_code)).inc()
-        state.metrics.request_seconds.labels(request.method, template).observe(time.perf_counter() - started)
-    return response
