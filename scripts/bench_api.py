@@ -12,8 +12,8 @@ Three kinds of process, so that none measures itself:
     get (queued job):    SELECT the row by id and owner + its queue position (one GROUP BY count), JSON
     get_done (finished): SELECT the row by id and owner + its asset rows, JSON
 
-    .venv/bin/python scripts/bench_api.py             # ~3 minutes: 1/16/64/256 clients, profile at 64
-    .venv/bin/python scripts/bench_api.py --quick     # ~1 minute
+    .venv/bin/python scripts/bench_api.py             # ~3.5 minutes: 1/16/64/256 clients, profile at 64
+    .venv/bin/python scripts/bench_api.py --quick     # ~1.5 minutes
     .venv/bin/python scripts/bench_api.py --help
 
 With py-spy installed (`.venv/bin/pip install py-spy`), an extra 64-client submit phase runs under
@@ -180,6 +180,8 @@ class LoadGenerator:
         if endpoint == "submit":
             body = json.dumps({"jobType": self.config["job_type"], "metadata": {"prompt": PROMPT}}).encode()
             requests = [_http_request("POST", "/api/queue-job", self.host, u["token"], body) for u in self.users]
+        elif endpoint == "healthz":
+            requests = [f"GET /healthz HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode()]
         else:
             targets = cmd["targets"]  # [[job_id, user_index], ...]
             requests = [_http_request("GET", f"/api/jobs/{job_id}", self.host, self.users[user]["token"])
@@ -366,6 +368,15 @@ async def seed_users(database_url: str, count: int, balance: int) -> list[uuid.U
     return users
 
 
+def pg_connections(servers: Servers) -> int:
+    """Connections Postgres accepted so far (it logs each one: see `log_connections` in `run`)."""
+    try:
+        with open(servers.postgres.root / "log", "rb") as log:
+            return sum(line.count(b"connection authorized") for line in log)
+    except OSError:
+        return 0
+
+
 async def db_execute(database_url: str, *statements: str) -> None:
     import asyncpg
 
@@ -544,9 +555,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="See the module docstring (and docs/benchmarks.md) for what is measured.")
     parser.add_argument("--concurrency", default="1,16,64,256", help="client counts, comma-separated (%(default)s)")
-    parser.add_argument("--endpoints", default="submit,get,get_done",
+    parser.add_argument("--endpoints", default="submit,get,get_done,healthz",
                         help="submit (POST /api/queue-job), get (GET /api/jobs/{id} of a queued job), get_done "
-                             "(of a completed job); comma-separated (%(default)s)")
+                             "(of a completed job), healthz (GET /healthz: the HTTP stack alone, no floor); "
+                             "comma-separated (%(default)s)")
     parser.add_argument("--duration", type=float, default=4.0, help="measured seconds per phase (%(default)s)")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each phase (%(default)s)")
     parser.add_argument("--max-requests", type=int, default=40_000, help="stop a phase after this many (%(default)s)")
@@ -562,25 +574,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--profile-concurrency", type=int, default=64)
     parser.add_argument("--profile-endpoints", default="submit,get",
                         help="which endpoints get a profiled phase, comma-separated (%(default)s)")
-    parser.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second (%(default)s)")
-    parser.add_argument("--profile-seconds", type=float, default=8.0,
+    parser.add_argument("--profile-rate", type=int, default=20,
+                        help="py-spy samples per second; at 100 py-spy slowed this server 3-5x on 2 cores, at 20 it "
+                             "kept 80-100 %% of the throughput (%(default)s)")
+    parser.add_argument("--profile-seconds", type=float, default=20.0,
                         help="length of the profiled phase; py-spy needs a second or two to attach (%(default)s)")
     parser.add_argument("--out", type=Path, default=REPO / ".ourvidz" / "bench",
                         help="where the profile and JSON results go (%(default)s)")
     parser.add_argument("--server-pythonpath", default=None,
                         help="put this folder first on the API process's PYTHONPATH (to bench a scratch copy)")
     parser.add_argument("--quick", action="store_true",
-                        help="about a minute: 2 s phases, 0.5 s warm-up, submit and get only")
+                        help="about 1.5 minutes: 2 s phases, 0.5 s warm-up, 8 s profiles; submit, get and healthz")
     parser.add_argument("--loadgen", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.duration, args.warmup = min(args.duration, 2.0), min(args.warmup, 0.5)
+        args.profile_seconds = min(args.profile_seconds, 8.0)
         if args.endpoints == parser.get_default("endpoints"):
-            args.endpoints = "submit,get"
+            args.endpoints = "submit,get,healthz"
     args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c.strip()]
     args.endpoints = [e.strip() for e in str(args.endpoints).split(",") if e.strip()]
     args.profile_endpoints = [e.strip() for e in str(args.profile_endpoints).split(",") if e.strip()]
-    unknown = set(args.endpoints) - {"submit", "get", "get_done"}
+    unknown = set(args.endpoints) - {"submit", "get", "get_done", "healthz"}
     if unknown:
         parser.error(f"unknown endpoints: {sorted(unknown)}")
     return args
@@ -598,6 +613,9 @@ def run(args: argparse.Namespace) -> int:
     balance = 10**9
     results: list[dict[str, Any]] = []
     with running_servers() as servers, tempfile.TemporaryDirectory(prefix="ourvidz-bench-api-") as scratch:
+        # Every new connection costs Postgres a fork and the client a handshake: count them per phase.
+        asyncio.run(db_execute(servers.database_url, "alter system set log_connections = on",
+                               "select pg_reload_conf()"))
         users = asyncio.run(seed_users(servers.database_url, max(args.users, 1), balance))
         tokens = [mint_token(JWT_SECRET, u) for u in users]
         api = ApiProcess(api_env(servers, jwt_secret=JWT_SECRET, callback_secret=CALLBACK_SECRET,
@@ -626,10 +644,12 @@ def conduct(args: argparse.Namespace, servers: Servers, api: ApiProcess, loadgen
     base = {"warmup": args.warmup, "duration": args.duration, "max_requests": args.max_requests}
 
     def phase(kind: str, endpoint: str, concurrency: int, **extra: Any) -> dict[str, Any]:
+        connections = pg_connections(servers)
         meter.start()
         result = loadgen.run({**base, "kind": kind, "endpoint": endpoint, "concurrency": concurrency, **extra})
         cpu = meter.stop()
-        result.update(kind=kind, endpoint=endpoint, concurrency=concurrency, cpu_s=cpu)
+        result.update(kind=kind, endpoint=endpoint, concurrency=concurrency, cpu_s=cpu,
+                      pg_connections=pg_connections(servers) - connections)
         print(f"  {endpoint:<8} {kind:<5} {concurrency:>4} clients: {result['rps']:8.0f} req/s  "
               f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms"
               + (f"  errors {result['errors']}" if result["errors"] else ""), flush=True)
@@ -672,6 +692,10 @@ def conduct(args: argparse.Namespace, servers: Servers, api: ApiProcess, loadgen
                     results.append(phase(kind, endpoint, concurrency, targets=targets))
             if args.profile != "off" and endpoint in args.profile_endpoints:
                 profiles.append(run_profile(args, api, loadgen, meter, base, endpoint, targets=targets))
+    if "healthz" in args.endpoints:
+        print("GET /healthz (the HTTP stack alone: uvicorn, middleware, FastAPI routing; no auth, no I/O):")
+        for concurrency in args.concurrency:
+            results.append(phase("api", "healthz", concurrency))
     return results + [p for p in profiles if p is not None]
 
 
@@ -718,7 +742,7 @@ def report(args: argparse.Namespace, info: dict[str, str], results: list[dict[st
     table = [r for r in results if r["kind"] in ("api", "floor")]
     by_key = {(r["endpoint"], r["kind"], r["concurrency"]): r for r in table}
     names = {"submit": "POST /api/queue-job", "get": "GET /api/jobs/{id} (queued)",
-             "get_done": "GET /api/jobs/{id} (completed)"}
+             "get_done": "GET /api/jobs/{id} (completed)", "healthz": "GET /healthz (HTTP stack alone)"}
     print()
     print(f"## API vs floor ({info['cpu']}, {info['cores']} cores; {args.duration:g} s per phase after "
           f"{args.warmup:g} s warm-up)")
@@ -735,14 +759,23 @@ def report(args: argparse.Namespace, info: dict[str, str], results: list[dict[st
                          api["p99_ms"] / floor["p99_ms"] if floor["p99_ms"] else float("nan"), errors])
     print(markdown_table(["endpoint", "clients", "API req/s", "API p50 ms", "API p99 ms", "floor req/s",
                           "floor p50 ms", "floor p99 ms", "API/floor req/s", "API/floor p99", "errors"], rows))
+    health = [[names["healthz"], r["concurrency"], r["rps"], r["p50_ms"], r["p99_ms"], sum(r["errors"].values())]
+              for r in table if r["endpoint"] == "healthz"]
+    if health:
+        print()
+        print("The HTTP stack's own ceiling in this run (what any endpoint of this app can at most reach):")
+        print(markdown_table(["endpoint", "clients", "req/s", "p50 ms", "p99 ms", "errors"], health))
     print()
     print("## CPU per request (ms of CPU time per completed request, per process)")
     cpu_rows = []
     for r in table:
         cpu_rows.append([names[r["endpoint"]], r["kind"], r["concurrency"], _per_request_ms(r, "api"),
-                         _per_request_ms(r, "postgres"), _per_request_ms(r, "redis"), _per_request_ms(r, "loadgen")])
-    print(markdown_table(["endpoint", "run", "clients", "API process", "Postgres", "Redis", "load generator"],
-                         cpu_rows))
+                         _per_request_ms(r, "postgres"), _per_request_ms(r, "redis"), _per_request_ms(r, "loadgen"),
+                         r.get("pg_connections", "–")])
+    print(markdown_table(["endpoint", "run", "clients", "API process", "Postgres", "Redis", "load generator",
+                          "new PG connections"], cpu_rows))
+    print("(For the floor, the load generator's column is the floor's own Python work: the equivalent of the API "
+          "process. New PG connections: what Postgres logged as authorized during the phase.)")
     failures = [r for r in table if r["errors"]]
     for r in failures:
         print(f"errors in {r['endpoint']} {r['kind']} at {r['concurrency']}: {r['errors']} (first: {r['first_error']})")

@@ -232,7 +232,8 @@ class ApiProcess:
         self.process = subprocess.Popen(
             [PYTHON, "-m", "uvicorn", "edge_api.app:create_app", "--factory", "--host", "127.0.0.1",
              "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
-            env=env, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT,
+            # `python -m` puts its working directory first on sys.path: a scratch copy must be that directory.
+            env=env, cwd=self._pythonpath or str(REPO), stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
