@@ -48,6 +48,6 @@ async def push_job(engine: AsyncEngine, queue: Queue, row: dict[str, Any], catal
     """Push the job's message, then record that it was pushed; returns the queue's depth."""
     message = build_message(row, catalog)
     depth = await queue.push(row["queue"], message.model_dump_json())
-    async with engine.begin() as conn:
+    async with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
         await conn.execute(sa.update(jobs).where(jobs.c.id == row["id"]).values(enqueued_at=utcnow()))
     return depth

@@ -37,6 +37,7 @@ class AppState:
     metrics: Metrics
     http: httpx.AsyncClient
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    depths: dict[str, tuple[int, float]] = field(default_factory=dict)  # queue → (depth, when known)
 
     async def aclose(self) -> None:
         for task in self.tasks:

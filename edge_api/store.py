@@ -39,6 +39,8 @@ class NewJob:
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # Reads and single statements need no BEGIN/COMMIT round trips around them.
+        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def create_job(self, new: NewJob, starting_credits: int) -> tuple[Row, bool]:
         """Insert the job and charge for it in one transaction. Returns (row, created).
@@ -57,9 +59,10 @@ class Store:
             "request_hash": new.request_hash, "updated_at": utcnow(),
         }
         try:
-            async with self.engine.begin() as conn:
-                await conn.execute(sa.insert(jobs).values(**values))
-                await ledger.charge(conn, new.user_id, job_id, spec.price, starting_credits)
+            if not await self._charge_in_one_statement(values):
+                async with self.engine.begin() as conn:
+                    await conn.execute(sa.insert(jobs).values(**values))
+                    await ledger.charge(conn, new.user_id, job_id, spec.price, starting_credits)
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key won the unique constraint.
             if new.idempotency_key is None:
@@ -70,9 +73,32 @@ class Store:
             return existing, False
         return values, True
 
+    async def _charge_in_one_statement(self, values: Row) -> bool:
+        """Postgres: debit, insert the job and its ledger row in one statement (one round trip, atomic).
+
+        False when the debit matched no row (a new user, or too few credits): the caller then takes the
+        general path, which creates a first-seen profile or says how many credits are missing.
+        """
+        if self.engine.dialect.name != "postgresql":
+            return False
+        price = values["price"]
+        debit = (sa.update(profiles).where(profiles.c.id == values["user_id"], profiles.c.token_balance >= price)
+                 .values(token_balance=profiles.c.token_balance - price).returning(profiles.c.id).cte("debit"))
+        columns = list(values)
+        job_values = sa.select(*(sa.literal(values[c], type_=jobs.c[c].type) for c in columns)).select_from(debit)
+        new_job = sa.insert(jobs).from_select(columns, job_values).returning(jobs.c.id).cte("new_job")
+        charge = sa.select(sa.literal(values["user_id"], type_=credit_ledger.c.user_id.type), new_job.c.id,
+                           sa.literal("charge"), sa.literal(-price), sa.literal(values["created_at"],
+                                                                                type_=credit_ledger.c.created_at.type))
+        statement = (sa.insert(credit_ledger)
+                     .from_select(["user_id", "job_id", "kind", "amount", "created_at"], charge.select_from(new_job))
+                     .returning(credit_ledger.c.job_id))
+        async with self.autocommit.connect() as conn:
+            return (await conn.execute(statement)).first() is not None
+
     async def find_by_idempotency_key(self, new: NewJob) -> Row | None:
         """The job an earlier request with this key created; IdempotencyConflict if its body differed."""
-        async with self.engine.connect() as conn:
+        async with self.autocommit.connect() as conn:
             row = (await conn.execute(sa.select(jobs).where(
                 jobs.c.user_id == new.user_id, jobs.c.idempotency_key == new.idempotency_key))).mappings().first()
         if row is None:
@@ -103,7 +129,7 @@ class Store:
         query = sa.select(jobs).where(jobs.c.id == job_id)
         if user_id is not None:
             query = query.where(jobs.c.user_id == user_id)
-        async with self.engine.connect() as conn:
+        async with self.autocommit.connect() as conn:
             row = (await conn.execute(query)).mappings().first()
         return None if row is None else dict(row)
 
@@ -112,7 +138,7 @@ class Store:
         if status is not None:
             query = query.where(jobs.c.status == status)
         query = query.order_by(jobs.c.created_at.desc(), jobs.c.id.desc()).limit(limit)
-        async with self.engine.connect() as conn:
+        async with self.autocommit.connect() as conn:
             return [dict(r) for r in (await conn.execute(query)).mappings()]
 
     async def jobs_ahead(self, row: Row) -> list[str]:
@@ -122,7 +148,7 @@ class Store:
             sa.or_(jobs.c.created_at < row["created_at"],
                    sa.and_(jobs.c.created_at == row["created_at"], jobs.c.id < row["id"])))
             .order_by(jobs.c.created_at))
-        async with self.engine.connect() as conn:
+        async with self.autocommit.connect() as conn:
             return [str(r.job_type) for r in await conn.execute(query)]
 
     async def pending_by_queue(self) -> dict[tuple[str, str], list[str]]:
@@ -130,19 +156,19 @@ class Store:
         query = (sa.select(jobs.c.queue, jobs.c.status, jobs.c.job_type)
                  .where(jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.PROCESSING.value])))
         result: dict[tuple[str, str], list[str]] = {}
-        async with self.engine.connect() as conn:
+        async with self.autocommit.connect() as conn:
             for row in await conn.execute(query):
                 result.setdefault((str(row.queue), str(row.status)), []).append(str(row.job_type))
         return result
 
     async def counts_by_type_and_status(self) -> list[tuple[str, str, int]]:
         query = sa.select(jobs.c.job_type, jobs.c.status, sa.func.count()).group_by(jobs.c.job_type, jobs.c.status)
-        async with self.engine.connect() as conn:
+        async with self.autocommit.connect() as conn:
             return [(str(t), str(s), int(n)) for t, s, n in await conn.execute(query)]
 
     async def assets_of_job(self, job_id: uuid.UUID) -> list[Row]:
         query = sa.select(assets).where(assets.c.job_id == job_id).order_by(assets.c.position)
-        async with self.engine.connect() as conn:
+        async with self.autocommit.connect() as conn:
             return [dict(r) for r in (await conn.execute(query)).mappings()]
 
     async def list_assets(self, user_id: uuid.UUID, limit: int, kind: str | None,
@@ -155,12 +181,12 @@ class Store:
             query = query.where(sa.or_(assets.c.created_at < created,
                                        sa.and_(assets.c.created_at == created, assets.c.id < asset_id)))
         query = query.order_by(assets.c.created_at.desc(), assets.c.id.desc()).limit(limit)
-        async with self.engine.connect() as conn:
+        async with self.autocommit.connect() as conn:
             return [dict(r) for r in (await conn.execute(query)).mappings()]
 
     async def get_asset(self, asset_id: uuid.UUID, user_id: uuid.UUID) -> Row | None:
         query = sa.select(assets).where(assets.c.id == asset_id, assets.c.user_id == user_id)
-        async with self.engine.connect() as conn:
+        async with self.autocommit.connect() as conn:
             row = (await conn.execute(query)).mappings().first()
         return None if row is None else dict(row)
 
@@ -170,7 +196,7 @@ class Store:
         return deleted.rowcount == 1
 
     async def balance(self, user_id: uuid.UUID) -> int:
-        async with self.engine.connect() as conn:
+        async with self.autocommit.connect() as conn:
             return await ledger.balance_of(conn, user_id)
 
 

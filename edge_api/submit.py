@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import secrets
+import random
+import time
 import uuid
 
 from edge_api.auth import User
@@ -20,6 +21,8 @@ from jobs.messages import MAX_SEED, QueueJobRequest, QueueJobResponse
 from jobs.queue import QueueUnavailable
 
 log = logging.getLogger(__name__)
+
+DEPTH_TTL = 0.5  # seconds a known queue depth is trusted for the queue-full check
 
 
 def resolve_spec(state: AppState, job_type: str) -> JobSpec:
@@ -51,7 +54,7 @@ def _new_job(state: AppState, user: User, request: QueueJobRequest, spec: JobSpe
     metadata = {
         **extra, "prompt": meta.prompt, "credits": spec.price, "bucket": spec.bucket,
         "num_images": spec.num_outputs, "job_type": spec.job_type, "model_variant": spec.model_variant,
-        "seed": meta.seed if meta.seed is not None else secrets.randbelow(MAX_SEED + 1),
+        "seed": meta.seed if meta.seed is not None else random.getrandbits(32) & MAX_SEED,
     }
     if meta.negative_prompt and spec.negative_prompt_supported:
         metadata["negative_prompt"] = meta.negative_prompt
@@ -63,13 +66,24 @@ def _new_job(state: AppState, user: User, request: QueueJobRequest, spec: JobSpe
 
 
 async def _check_queue(state: AppState, spec: JobSpec) -> None:
-    try:
-        depth = await state.queue.depth(spec.queue)
-    except QueueUnavailable as exc:
-        raise unavailable(str(exc)) from exc
+    depth = await _known_depth(state, spec.queue)
     if depth >= state.settings.max_queue_depth:
         raise ApiError(503, "The job queue is full", f"{spec.queue} holds {depth} jobs", retryable=True,
                        suggested_action="Retry in 30 seconds.", headers={"Retry-After": "30"})
+
+
+async def _known_depth(state: AppState, queue: str) -> int:
+    """The queue's depth as of at most DEPTH_TTL ago: each push's answer refreshes it for free, so a
+    busy API asks Redis only for the push itself; an idle one asks before the first submit."""
+    known = state.depths.get(queue)
+    if known is not None and time.monotonic() - known[1] < DEPTH_TTL:
+        return known[0]
+    try:
+        depth = await state.queue.depth(queue)
+    except QueueUnavailable as exc:
+        raise unavailable(str(exc)) from exc
+    state.depths[queue] = (depth, time.monotonic())
+    return depth
 
 
 async def submit_job(state: AppState, user: User, request: QueueJobRequest, key: str | None) -> QueueJobResponse:
@@ -108,8 +122,11 @@ async def _depth_or_zero(state: AppState, spec: JobSpec) -> int:
 
 async def _push(state: AppState, row: Row) -> int:
     try:
-        return await push_job(state.engine, state.queue, row, state.catalog)
+        depth = await push_job(state.engine, state.queue, row, state.catalog)
+        state.depths[row["queue"]] = (depth, time.monotonic())
+        return depth
     except QueueUnavailable as exc:
+        state.depths.pop(row["queue"], None)
         # Nothing half-done: the job was never shown to anyone, so it is undone. If the undo fails
         # too, the sweeper's outbox pass pushes the job later, and an Idempotency-Key retry finds it.
         undone = await state.store.discard_unpushed(row["id"])

@@ -32,7 +32,10 @@ def open_engine(url: str, pool_size: int = 10) -> AsyncEngine:
         engine = create_async_engine(full, connect_args={"timeout": 30})
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(full, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    # A fixed pool (no overflow connections opened and closed under load) and no pre-ping (a
+    # BEGIN/ROLLBACK on every checkout): a dropped connection is invalidated on its first error.
+    return create_async_engine(full, pool_size=pool_size * 2, max_overflow=0, pool_pre_ping=False,
+                               pool_recycle=1800)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -90,6 +90,8 @@ class RedisQueue:
         # A worker of several queues cannot block on all at once with BLMOVE; it blocks on each in
         # turn for this long, so an idle queue adds at most this much to the claim latency.
         self._claim_slice = claim_slice
+        # Each worker's last heartbeat (its queues and TTL in ms), so that a claim can renew it (see `_register`).
+        self._beats: dict[str, tuple[str, int]] = {}
 
     @classmethod
     def from_url(cls, url: str, queues: Iterable[str], claim_slice: float = 0.02) -> RedisQueue:
@@ -119,7 +121,7 @@ class RedisQueue:
 
     async def claim(self, queues: list[str], worker_id: str, timeout: float) -> str | None:
         target = keys.processing_list(worker_id)
-        await self._call(self._redis.sadd(keys.WORKERS, worker_id))
+        await self._register(worker_id)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if len(queues) == 1:
@@ -142,6 +144,20 @@ class RedisQueue:
             if loop.time() >= deadline:
                 return None
 
+    async def _register(self, worker_id: str) -> None:
+        """Make the worker's processing list findable by the sweeper before it can hold anything.
+
+        A worker that claims is alive: after Redis lost its data (a FLUSHALL, a restart without
+        persistence) its registration must not come back without its heartbeat, or the sweeper takes it
+        for dead in between and re-queues the job it is about to run, burning one of the job's tries.
+        """
+        beat = self._beats.get(worker_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(keys.WORKERS, worker_id)
+            if beat is not None:
+                pipe.set(keys.heartbeat(worker_id), beat[0], px=beat[1], nx=True)
+            await self._call(pipe.execute())
+
     def _longest_block(self) -> float:
         """How long one blocking command may wait: well inside the client's socket timeout."""
         socket_timeout = self._redis.connection_pool.connection_kwargs.get("socket_timeout")
@@ -157,12 +173,14 @@ class RedisQueue:
         await self._call(self._redis.lrem(keys.processing_list(worker_id), 1, payload))
 
     async def heartbeat(self, worker_id: str, queues: list[str], ttl: float) -> None:
+        self._beats[worker_id] = (",".join(queues), int(ttl * 1000))
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.sadd(keys.WORKERS, worker_id)
             pipe.set(keys.heartbeat(worker_id), ",".join(queues), px=int(ttl * 1000))
             await self._call(pipe.execute())
 
     async def retire(self, worker_id: str) -> None:
+        self._beats.pop(worker_id, None)
         await self._call(self._redis.delete(keys.heartbeat(worker_id)))
 
     async def live_workers(self) -> list[str]:
