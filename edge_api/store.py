@@ -19,6 +19,27 @@ from jobs.status import JobStatus
 from jobs.tables import assets, credit_ledger, jobs, profiles
 
 
+def _charge_and_insert() -> sa.Insert:
+    """One statement, built once (its parameters are the job's columns): debit the balance if it covers
+    the price, insert the job only if the debit happened, then its `charge` ledger row."""
+    # Parameters are named `p_<column>`: a parameter named like a column would become a SET clause.
+    debit = (sa.update(profiles)
+             .where(profiles.c.id == sa.bindparam("p_user_id"), profiles.c.token_balance >= sa.bindparam("p_price"))
+             .values(token_balance=profiles.c.token_balance - sa.bindparam("p_price"))
+             .returning(profiles.c.id).cte("debit"))
+    columns = [c.name for c in jobs.c if c.name not in ("enqueued_at", "lease_until", "worker_id", "started_at",
+                                                        "completed_at", "error_message")]
+    job_values = sa.select(*(sa.bindparam(f"p_{c}", type_=jobs.c[c].type) for c in columns)).select_from(debit)
+    new_job = sa.insert(jobs).from_select(columns, job_values).returning(jobs.c.id, jobs.c.user_id).cte("new_job")
+    charge = sa.select(new_job.c.user_id, new_job.c.id, sa.literal_column("'charge'"), -sa.bindparam("p_price"),
+                       sa.bindparam("p_created_at", type_=credit_ledger.c.created_at.type)).select_from(new_job)
+    return (sa.insert(credit_ledger).from_select(["user_id", "job_id", "kind", "amount", "created_at"], charge)
+            .returning(credit_ledger.c.job_id))
+
+
+CHARGE_AND_INSERT = _charge_and_insert()
+
+
 class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with another request body."""
 
@@ -81,20 +102,9 @@ class Store:
         """
         if self.engine.dialect.name != "postgresql":
             return False
-        price = values["price"]
-        debit = (sa.update(profiles).where(profiles.c.id == values["user_id"], profiles.c.token_balance >= price)
-                 .values(token_balance=profiles.c.token_balance - price).returning(profiles.c.id).cte("debit"))
-        columns = list(values)
-        job_values = sa.select(*(sa.literal(values[c], type_=jobs.c[c].type) for c in columns)).select_from(debit)
-        new_job = sa.insert(jobs).from_select(columns, job_values).returning(jobs.c.id).cte("new_job")
-        charge = sa.select(sa.literal(values["user_id"], type_=credit_ledger.c.user_id.type), new_job.c.id,
-                           sa.literal("charge"), sa.literal(-price), sa.literal(values["created_at"],
-                                                                                type_=credit_ledger.c.created_at.type))
-        statement = (sa.insert(credit_ledger)
-                     .from_select(["user_id", "job_id", "kind", "amount", "created_at"], charge.select_from(new_job))
-                     .returning(credit_ledger.c.job_id))
         async with self.autocommit.connect() as conn:
-            return (await conn.execute(statement)).first() is not None
+            result = await conn.execute(CHARGE_AND_INSERT, {f"p_{k}": v for k, v in values.items()})
+            return result.first() is not None
 
     async def find_by_idempotency_key(self, new: NewJob) -> Row | None:
         """The job an earlier request with this key created; IdempotencyConflict if its body differed."""
