@@ -81,25 +81,49 @@ def job_id_of(payload: str) -> str | None:
     return job_id if isinstance(job_id, str) else None
 
 
+class _Blocker:
+    """A connection of its own for one blocking BLMOVE at a time, with its CLIENT ID for unblocking."""
+
+    def __init__(self, connection: Any) -> None:
+        self.connection = connection
+        self.client_id: int | None = None
+
+    async def open(self) -> None:
+        await self.connection.connect()
+        await self.connection.send_command("CLIENT", "ID")
+        self.client_id = int(await self.connection.read_response())
+
+    async def blmove(self, queue: str, target: str, wait: float) -> str | None:
+        await self.connection.send_command("BLMOVE", queue, target, "RIGHT", "LEFT", max(wait, 0.01))
+        moved = await self.connection.read_response()
+        return None if moved is None else str(moved)
+
+    async def close(self) -> None:
+        await self.connection.disconnect()
+
+
 class RedisQueue:
     """The reference's Redis lists, consumed with the reliable-queue pattern."""
 
-    def __init__(self, client: aioredis.Redis, queues: Iterable[str], claim_slice: float = 0.02) -> None:
+    def __init__(self, client: aioredis.Redis, queues: Iterable[str]) -> None:
         self._redis = client
         self._queues = list(queues)
-        # A worker of several queues cannot block on all at once with BLMOVE; it blocks on each in
-        # turn for this long, so an idle queue adds at most this much to the claim latency.
-        self._claim_slice = claim_slice
+        # A worker of several queues blocks on all of them at once, one connection each (see `_blmove_any`).
+        self._blockers: list[_Blocker | None] = []
+        # Messages a multi-queue claim moved beyond the one it returned: already in the processing list.
+        self._stash: dict[str, list[str]] = {}
         # Each worker's last heartbeat (its queues and TTL in ms), so that a claim can renew it (see `_register`).
         self._beats: dict[str, tuple[str, int]] = {}
 
     @classmethod
-    def from_url(cls, url: str, queues: Iterable[str], claim_slice: float = 0.02) -> RedisQueue:
-        client = aioredis.Redis.from_url(
+    def from_url(cls, url: str, queues: Iterable[str]) -> RedisQueue:
+        # A burst of requests waits for a free connection (up to `timeout`) instead of failing at the
+        # pool's limit with "Too many connections", which would answer 503 while Redis is fine.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=10.0,
-            health_check_interval=15, retry_on_timeout=False,
+            health_check_interval=15, retry_on_timeout=False, max_connections=200, timeout=10.0,
         )
-        return cls(client, queues, claim_slice)
+        return cls(aioredis.Redis.from_pool(pool), queues)
 
     async def _call(self, awaitable: Awaitable[Any]) -> Any:
         try:
@@ -132,17 +156,66 @@ class RedisQueue:
                 moved = await self._blmove(queues[0], target, wait)
                 if moved is not None or loop.time() >= deadline:
                     return moved
+        stash = self._stash.setdefault(target, [])
         while True:
+            if stash:
+                return stash.pop(0)
             for queue in queues:
                 moved = await self._call(self._redis.lmove(queue, target, "RIGHT", "LEFT"))
                 if moved is not None:
                     return str(moved)
-            for queue in queues:
-                moved = await self._blmove(queue, target, self._claim_slice)
-                if moved is not None:
-                    return moved
-            if loop.time() >= deadline:
+            wait = min(max(deadline - loop.time(), 0.0), self._longest_block())
+            stash.extend(await self._blmove_any(queues, target, wait))
+            if not stash and loop.time() >= deadline:
                 return None
+
+    async def _blmove_any(self, queues: list[str], target: str, wait: float) -> list[str]:
+        """Block on every queue at once, one connection each; the first message wins.
+
+        The others are woken with CLIENT UNBLOCK, which makes a blocked BLMOVE return at once: with
+        nothing, or with the message it had just moved (already safe in the processing list; it is
+        returned by the next claim). So no message is ever in flight without its reply being read.
+        """
+        blockers = [await self._blocker(i) for i in range(len(queues))]
+        tasks = [asyncio.create_task(blocker.blmove(queue, target, wait))
+                 for blocker, queue in zip(blockers, queues, strict=True)]
+        try:
+            _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for blocker, task in zip(blockers, tasks, strict=True):
+                if task in pending and blocker.client_id is not None:
+                    await self._call(self._redis.client_unblock(blocker.client_id))
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+        errors = [r for r in results if isinstance(r, BaseException)]
+        for index, result in enumerate(results):
+            if isinstance(result, BaseException):
+                await self._drop_blocker(index)
+        if errors and not any(isinstance(r, str) for r in results):
+            raise QueueUnavailable(f"redis: {errors[0]}") from errors[0]
+        return [r for r in results if isinstance(r, str)]
+
+    async def _blocker(self, index: int) -> _Blocker:
+        while len(self._blockers) <= index:
+            self._blockers.append(None)
+        blocker = self._blockers[index]
+        if blocker is None:
+            pool = self._redis.connection_pool
+            blocker = _Blocker(pool.connection_class(**pool.connection_kwargs))
+            try:
+                await blocker.open()
+            except (RedisError, OSError) as exc:
+                raise QueueUnavailable(f"redis: {exc}") from exc
+            self._blockers[index] = blocker
+        return blocker
+
+    async def _drop_blocker(self, index: int) -> None:
+        blocker = self._blockers[index]
+        self._blockers[index] = None
+        if blocker is not None:
+            await blocker.close()
 
     async def _register(self, worker_id: str) -> None:
         """Make the worker's processing list findable by the sweeper before it can hold anything.
@@ -215,4 +288,6 @@ class RedisQueue:
         return {i for i in ids if i is not None}
 
     async def aclose(self) -> None:
+        for index in range(len(self._blockers)):
+            await self._drop_blocker(index)
         await self._redis.aclose()

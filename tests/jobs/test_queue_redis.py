@@ -95,6 +95,36 @@ async def test_multi_queue_claim_waits_for_a_message_pushed_later(queue: RedisQu
     assert job_id_of(await waiter or "") == "late"
 
 
+async def test_a_multi_queue_claim_leaves_no_blocked_waiter_behind(queue: RedisQueue, raw: aioredis.Redis) -> None:
+    waiter = asyncio.create_task(queue.claim([SDXL_QUEUE, WAN_QUEUE], "w1", timeout=30))
+    while int((await raw.info("clients"))["blocked_clients"]) < 2:
+        await asyncio.sleep(0.01)  # both queues are being waited on at once
+    await queue.push(SDXL_QUEUE, message("first"))
+    assert job_id_of(await waiter or "") == "first"
+    # The other queue's waiter was woken: a message pushed now stays for whoever claims next.
+    assert int((await raw.info("clients"))["blocked_clients"]) == 0
+    await queue.push(WAN_QUEUE, message("later"))
+    assert await raw.lrange(WAN_QUEUE, 0, -1) == [message("later")]
+
+
+async def test_messages_arriving_on_both_queues_at_once_are_each_claimed_once(queue: RedisQueue,
+                                                                               raw: aioredis.Redis) -> None:
+    claimed: list[str] = []
+    for round_number in range(20):
+        waiter = asyncio.create_task(queue.claim([SDXL_QUEUE, WAN_QUEUE], "w1", timeout=30))
+        while int((await raw.info("clients"))["blocked_clients"]) < 2:
+            await asyncio.sleep(0.001)
+        async with raw.pipeline(transaction=True) as pipe:  # both arrive in the same instant
+            pipe.lpush(SDXL_QUEUE, message(f"s{round_number}"))
+            pipe.lpush(WAN_QUEUE, message(f"w{round_number}"))
+            await pipe.execute()
+        claimed.append(job_id_of(await waiter or "") or "")
+        while (extra := await queue.claim([SDXL_QUEUE, WAN_QUEUE], "w1", timeout=0.05)) is not None:
+            claimed.append(job_id_of(extra) or "")
+    assert sorted(claimed) == sorted([f"s{i}" for i in range(20)] + [f"w{i}" for i in range(20)])
+    assert len(await raw.lrange(keys.processing_list("w1"), 0, -1)) == 40  # all held, none lost
+
+
 @pytest.mark.parametrize("queues", [[SDXL_QUEUE], [SDXL_QUEUE, WAN_QUEUE]], ids=["one", "two"])
 async def test_claim_on_empty_queues_returns_none_after_the_timeout(queue: RedisQueue, queues: list[str]) -> None:
     assert await queue.claim(queues, "w1", timeout=0.1) is None
