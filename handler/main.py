@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 
 def model_paths(settings: WorkerSettings) -> ModelPaths:
     root = settings.checkpoints_dir
-    return ModelPaths(sdxl=settings.sdxl_checkpoint or root / "sdxl", wan=root / "wan", enhancer=root / "qwen")
+    # A single-file SDXL takes its configs, tokenizers and scheduler from the SDXL folder beside it.
+    return ModelPaths(sdxl=settings.sdxl_checkpoint or root / "sdxl", wan=root / "wan", enhancer=root / "qwen",
+                      sdxl_config=root / "sdxl")
 
 
 async def open_queue(settings: WorkerSettings) -> tuple[Queue, AsyncEngine | None]:

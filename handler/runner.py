@@ -34,6 +34,7 @@ class ModelPaths:
     sdxl: Path | None
     wan: Path | None
     enhancer: Path | None
+    sdxl_config: Path | None = None  # a diffusers SDXL folder, for a single-file checkpoint (LUSTIFY)
 
 
 class JobRunner:
@@ -55,7 +56,8 @@ class JobRunner:
         if SDXL_QUEUE in queues and paths.sdxl is not None:
             from models.sdxl import SdxlGenerator
 
-            self._sdxl = SdxlGenerator.load(paths.sdxl, device=self.device)
+            config = paths.sdxl_config if paths.sdxl.is_file() else None
+            self._sdxl = SdxlGenerator.load(paths.sdxl, device=self.device, config=config)
         if WAN_QUEUE in queues and paths.wan is not None:
             from models.wan import WanGenerator
 

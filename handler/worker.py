@@ -224,6 +224,14 @@ class Worker:
                       job_id_of(payload), exc)
             await self._ack(payload)
             return None
+        if message.id in self._jobs:
+            # A second message for a job this worker is running (pushed again while Redis had lost track
+            # of it). Running both would mix their events; the store decides whether the job needs another
+            # run once this one ends, and the sweeper pushes it again if so.
+            log.info("job %s: already running here; dropping a duplicate message", message.id)
+            self.stats.dropped += 1
+            await self._ack(payload)
+            return None
         answer = await self.callbacks.deliver(JobCallback(job_id=message.id, status=JobStatus.PROCESSING,
                                                           worker_id=self.worker_id, progress=0))
         if not answer.accepted:
