@@ -47,7 +47,6 @@ class WorkerSettings(StorageSettings):
     upload_attempts: int = Field(default=6, ge=1)
     callback_deadline_seconds: float = Field(default=3600.0, gt=0)
     retry_base_seconds: float = Field(default=0.5, gt=0)
-    catalog_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("queues", mode="before")
     @classmethod
