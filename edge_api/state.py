@@ -37,7 +37,8 @@ class AppState:
     metrics: Metrics
     http: httpx.AsyncClient
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    depths: dict[str, tuple[int, float]] = field(default_factory=dict)  # queue → (depth, when known)
+    # Counts that may be a moment old (queue depths, live workers): name → (count, monotonic time known).
+    recent_counts: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     async def aclose(self) -> None:
         for task in self.tasks:

@@ -151,15 +151,15 @@ class Store:
         async with self.autocommit.connect() as conn:
             return [dict(r) for r in (await conn.execute(query)).mappings()]
 
-    async def jobs_ahead(self, row: Row) -> list[str]:
-        """The job types queued before this job on its queue, oldest first."""
-        query = (sa.select(jobs.c.job_type).where(
+    async def jobs_ahead(self, row: Row) -> dict[str, int]:
+        """How many jobs of each type are queued before this job on its queue (one grouped count)."""
+        query = (sa.select(jobs.c.job_type, sa.func.count()).where(
             jobs.c.queue == row["queue"], jobs.c.status == JobStatus.QUEUED.value,
             sa.or_(jobs.c.created_at < row["created_at"],
                    sa.and_(jobs.c.created_at == row["created_at"], jobs.c.id < row["id"])))
-            .order_by(jobs.c.created_at))
+            .group_by(jobs.c.job_type))
         async with self.autocommit.connect() as conn:
-            return [str(r.job_type) for r in await conn.execute(query)]
+            return {str(job_type): int(count) for job_type, count in await conn.execute(query)}
 
     async def pending_by_queue(self) -> dict[tuple[str, str], list[str]]:
         """Job types of queued and processing jobs, by (queue, status)."""

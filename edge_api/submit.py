@@ -75,14 +75,14 @@ async def _check_queue(state: AppState, spec: JobSpec) -> None:
 async def _known_depth(state: AppState, queue: str) -> int:
     """The queue's depth as of at most DEPTH_TTL ago: each push's answer refreshes it for free, so a
     busy API asks Redis only for the push itself; an idle one asks before the first submit."""
-    known = state.depths.get(queue)
+    known = state.recent_counts.get(queue)
     if known is not None and time.monotonic() - known[1] < DEPTH_TTL:
         return known[0]
     try:
         depth = await state.queue.depth(queue)
     except QueueUnavailable as exc:
         raise unavailable(str(exc)) from exc
-    state.depths[queue] = (depth, time.monotonic())
+    state.recent_counts[queue] = (depth, time.monotonic())
     return depth
 
 
@@ -123,10 +123,10 @@ async def _depth_or_zero(state: AppState, spec: JobSpec) -> int:
 async def _push(state: AppState, row: Row) -> int:
     try:
         depth = await push_job(state.engine, state.queue, row, state.catalog)
-        state.depths[row["queue"]] = (depth, time.monotonic())
+        state.recent_counts[row["queue"]] = (depth, time.monotonic())
         return depth
     except QueueUnavailable as exc:
-        state.depths.pop(row["queue"], None)
+        state.recent_counts.pop(row["queue"], None)
         # Nothing half-done: the job was never shown to anyone, so it is undone. If the undo fails
         # too, the sweeper's outbox pass pushes the job later, and an Idempotency-Key retry finds it.
         undone = await state.store.discard_unpushed(row["id"])

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 import uuid
+from collections import Counter
 from datetime import datetime
 
 from edge_api.state import AppState
@@ -12,8 +14,11 @@ from edge_api.transitions import Row
 from jobs.catalog import Catalog
 from jobs.db import as_utc
 from jobs.messages import AssetView, JobSummary, JobView
+from jobs.queue import QueueUnavailable
 from jobs.status import JobStatus
 from jobs.storage import StorageError
+
+WORKERS_KEY = "live-workers"  # its key in AppState.recent_counts
 
 
 def _str(value: object) -> str | None:
@@ -39,9 +44,10 @@ async def asset_view(state: AppState, row: Row) -> AssetView:
                      index=row["position"], metadata=row["metadata"], created_at=created)
 
 
-def wait_seconds(job_types: list[str], catalog: Catalog, workers: int) -> float:
-    """The reference's job times of the jobs ahead, shared among the live workers."""
-    total = sum(catalog[t].reference_seconds for t in job_types if t in catalog)
+def wait_seconds(job_types: list[str] | dict[str, int], catalog: Catalog, workers: int) -> float:
+    """The reference's job times of the jobs ahead (a list, or counts by type), shared among the live workers."""
+    counts = job_types if isinstance(job_types, dict) else Counter(job_types)
+    total = sum(catalog[t].reference_seconds * n for t, n in counts.items() if t in catalog)
     return round(total / max(workers, 1), 1)
 
 
@@ -50,9 +56,9 @@ async def job_view(state: AppState, row: Row) -> JobView:
     position = wait = None
     if status is JobStatus.QUEUED:
         ahead = await state.store.jobs_ahead(row)
-        position = len(ahead) + 1
-        workers = len(await _live_workers(state))
-        wait = wait_seconds([*ahead, row["job_type"]], state.catalog, workers)
+        position = sum(ahead.values()) + 1
+        ahead[row["job_type"]] = ahead.get(row["job_type"], 0) + 1  # its own run counts in the wait
+        wait = wait_seconds(ahead, state.catalog, await _live_worker_count(state))
     asset_rows = await state.store.assets_of_job(row["id"]) if status is JobStatus.COMPLETED else []
     assets = list(await asyncio.gather(*(asset_view(state, a) for a in asset_rows)))
     created = as_utc(row["created_at"])
@@ -68,11 +74,17 @@ async def job_view(state: AppState, row: Row) -> JobView:
     )
 
 
-async def _live_workers(state: AppState) -> list[str]:
+async def _live_worker_count(state: AppState) -> int:
+    """Live workers, asked of the queue at most once a second: every queued job's view needs it."""
+    known = state.recent_counts.get(WORKERS_KEY)
+    if known is not None and time.monotonic() - known[1] < 1.0:
+        return known[0]
     try:
-        return await state.queue.live_workers()
-    except Exception:  # the page still answers when the queue is down; the estimate just assumes one worker
-        return []
+        count = len(await state.queue.live_workers())
+    except QueueUnavailable:
+        return 0  # the page still answers when the queue is down; the estimate assumes one worker
+    state.recent_counts[WORKERS_KEY] = (count, time.monotonic())
+    return count
 
 
 def encode_cursor(row: Row) -> str:
