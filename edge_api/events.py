@@ -45,8 +45,8 @@ StreamUser = Annotated[User, Depends(get_stream_user)]
 _SCHEMA: dict[int | str, dict[str, Any]] = {
     200: {"description": "`event: job` with the job view as `data` on each change; `: keepalive` comments.",
           "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-    401: {"model": ErrorEnvelope},
-    404: {"model": ErrorEnvelope},
+    # Refusals: a bad job id or `access_token` (400, 413 if too long), auth (401), not the caller's job (404).
+    **{code: {"model": ErrorEnvelope} for code in (400, 401, 404, 413, 422)},
 }
 
 

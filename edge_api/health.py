@@ -7,7 +7,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 
 from edge_api.deps import State
 from edge_api.errors import ApiError
@@ -48,7 +48,7 @@ async def _queue_ok(state: State) -> bool:
     return True
 
 
-@router.get("/metrics", tags=["health"])
+@router.get("/metrics", tags=["health"], response_class=PlainTextResponse)
 async def metrics(state: State) -> Response:
     metrics = state.metrics
     for job_type, status, count in await state.store.counts_by_type_and_status():

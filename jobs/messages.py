@@ -10,12 +10,35 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from jobs.status import JobStatus
 
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**32 - 1
+NUL = "\x00"
+
+
+def contains_nul(value: Any) -> bool:
+    """Whether U+0000 is in any string of a JSON value, keys included: Postgres text and JSONB cannot store it."""
+    if isinstance(value, str):
+        return NUL in value
+    if isinstance(value, dict):
+        return any(contains_nul(k) or contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(contains_nul(v) for v in value)
+    return False
+
+
+def without_nul(value: Any) -> Any:
+    """The JSON value with U+0000 removed from every string, keys included."""
+    if isinstance(value, str):
+        return value.replace(NUL, "")
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nul(v) for v in value]
+    return value
 
 
 class ErrorEnvelope(BaseModel):
@@ -51,6 +74,14 @@ class QueueJobRequest(BaseModel):
     projectId: str | None = Field(default=None, max_length=64)
     videoId: str | None = Field(default=None, max_length=64)
     imageId: str | None = Field(default=None, max_length=64)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        # Refused here (400) rather than by Postgres when the job is stored (a 500).
+        if contains_nul(value):
+            raise ValueError("text must not contain NUL (U+0000) characters")
+        return value
 
 
 class JobSummary(BaseModel):
@@ -196,6 +227,11 @@ class CallbackAsset(BaseModel):
     type: Literal["image", "video"] | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        return without_nul(value)
+
 
 class JobCallback(BaseModel):
     """The worker's report. Accepts both spellings that existing ourvidz workers send."""
@@ -215,6 +251,14 @@ class JobCallback(BaseModel):
     attempt: int | None = Field(default=None, ge=1, description="The fencing token from the claim.")
     worker_id: str | None = Field(default=None, max_length=200)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("error_message", "enhanced_prompt", "metadata", "worker_id", mode="before")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        # A worker's free text (an exception's message, a model's output) may hold U+0000, which Postgres
+        # cannot store: dropped, so the report is recorded instead of failing with a 500 that the worker
+        # would retry for an hour. Asset paths are not cleaned: a NUL there is refused as a path trick.
+        return without_nul(value)
 
     @field_validator("assets", mode="before")
     @classmethod
