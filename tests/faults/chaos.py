@@ -1,0 +1,406 @@
+"""The tools of the fault tests: a TCP proxy that can be cut or slowed, processes to kill, a client that retries.
+
+Everything here drives real parts (the API over HTTP, Redis, Postgres, worker processes); nothing is
+mocked. Processes started here are stopped by their own ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from harness import JWT_SECRET, Api, serve_api
+from servers import free_port
+from sqlalchemy.ext.asyncio import AsyncEngine
+from worker_harness import SMALL
+
+from edge_api.auth import mint_token
+from edge_api.settings import ApiSettings
+from handler.settings import WorkerSettings
+from jobs.status import JobStatus
+from jobs.tables import jobs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# SMALL's sizes and steps, with fewer SDXL images per job: the faults are the point, not the pixels.
+FAULT_CATALOG = {**SMALL, "sdxl_image_fast": {"width": 64, "height": 64, "num_outputs": 2},
+                 "sdxl_image_high": {"width": 64, "height": 64, "num_outputs": 1}}
+# Where a fault must land inside a job, half the jobs take long enough to be hit (~0.3 s instead of ~0.06 s).
+LONGER_CATALOG = {**FAULT_CATALOG, "sdxl_image_fast": {"width": 128, "height": 128, "num_outputs": 2, "steps": 4}}
+TERMINAL = [s.value for s in JobStatus if s.is_terminal]
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what: str, every: float = 0.1) -> None:
+    """Poll `check` until it is true; fail with `what` after `timeout` seconds (generous: others share the CPU)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"after {timeout:g} s: {what}")
+        await asyncio.sleep(every)
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float, every: float = 0.02) -> bool:
+    """Whether `check` becomes true within `timeout` seconds."""
+    try:
+        await wait_until(check, timeout, "", every)
+    except AssertionError:
+        return False
+    return True
+
+
+async def unfinished(engine: AsyncEngine) -> int:
+    """How many jobs are not terminal yet."""
+    async with engine.connect() as conn:
+        return int((await conn.execute(sa.select(sa.func.count()).select_from(jobs)
+                                       .where(jobs.c.status.not_in(TERMINAL)))).scalar_one())
+
+
+async def settle(engine: AsyncEngine, timeout: float = 600.0) -> None:
+    """Wait until every job in the store is terminal (the sweeper and the workers do the work)."""
+    async def done() -> bool:
+        return await unfinished(engine) == 0
+
+    await wait_until(done, timeout, "jobs are still not terminal", every=0.25)
+
+
+# --- A TCP proxy between a client and a server, which a test can cut or slow -------------------------
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:`port` to `target_port`. `cut()` drops every connection and refuses new ones
+    (as a network partition does) until `restore()`; `delay` slows each chunk sent upstream."""
+
+    def __init__(self, target_port: int, delay: float = 0.0) -> None:
+        self.target_port = target_port
+        self.port = free_port()
+        self.delay = delay
+        self.cuts = 0
+        self._up = True
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._up:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._links.update((writer, up_writer))
+        pumps = [asyncio.create_task(self._pump(reader, up_writer, self.delay)),
+                 asyncio.create_task(self._pump(up_reader, writer, 0.0))]
+        for task in pumps:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        for task in pumps:
+            task.cancel()
+        for w in (writer, up_writer):
+            self._links.discard(w)
+            w.close()
+
+    @staticmethod
+    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while data := await reader.read(65536):
+                if delay:
+                    await asyncio.sleep(delay)
+                writer.write(data)
+                await writer.drain()
+
+    def cut(self) -> None:
+        self._up = False
+        self.cuts += 1
+        for writer in list(self._links):
+            transport = writer.transport
+            transport.abort()
+        self._links.clear()
+
+    def restore(self) -> None:
+        self._up = True
+
+    async def aclose(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+@contextlib.asynccontextmanager
+async def tcp_proxy(target_port: int, delay: float = 0.0) -> AsyncIterator[TcpProxy]:
+    proxy = TcpProxy(target_port, delay)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.aclose()
+
+
+# --- Processes: a worker or an API in a process of its own, to SIGKILL or SIGSTOP ---------------------
+
+
+def settings_env(settings: WorkerSettings | ApiSettings) -> dict[str, str]:
+    """The OURVIDZ_* environment that makes a process read these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OURVIDZ_")}
+    for name, value in settings.model_dump(mode="json").items():
+        if value is None:
+            continue
+        if isinstance(value, list):
+            env[f"OURVIDZ_{name.upper()}"] = ",".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            env[f"OURVIDZ_{name.upper()}"] = json.dumps(value)
+        else:
+            env[f"OURVIDZ_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+@dataclass
+class Proc:
+    """A process started in a session of its own, so a signal reaches it and its children at once."""
+
+    process: asyncio.subprocess.Process
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+    async def kill(self) -> None:
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGKILL)
+        await self.process.wait()
+
+    async def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM, then SIGKILL if it has not ended in `timeout` seconds."""
+        if self.process.returncode is not None:
+            return
+        self.signal(signal.SIGCONT)
+        self.signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            await self.kill()
+
+
+async def start_process(args: list[str], env: dict[str, str], log: Path) -> Proc:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, *args, env=env, cwd=ROOT, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=out)
+    return Proc(process, log)
+
+
+async def start_worker(settings: WorkerSettings, log: Path) -> Proc:
+    """`python -m cli worker` with these settings."""
+    return await start_process(["-m", "cli", "worker", "--queues", ",".join(settings.queues)],
+                               settings_env(settings), log)
+
+
+async def start_api(settings: ApiSettings, port: int, log: Path) -> Proc:
+    """The API under uvicorn in a process of its own, ready when this returns."""
+    proc = await start_process(["-m", "uvicorn", "edge_api.app:create_app", "--factory", "--host", "127.0.0.1",
+                                "--port", str(port), "--log-level", "warning", "--no-access-log"],
+                               settings_env(settings), log)
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        async def ready() -> bool:
+            if proc.process.returncode is not None:
+                raise AssertionError(f"the API process exited with {proc.process.returncode}; see {log}")
+            try:
+                return (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await wait_until(ready, 120, f"the API on port {port} never became ready")
+    return proc
+
+
+# --- A client that submits like a careful app: one Idempotency-Key per job, retried on 503 -----------
+
+
+@dataclass
+class Submitter:
+    """Submits jobs over HTTP and remembers what the API answered.
+
+    A 503 must leave nothing behind: before retrying with the same key, the store is checked for a job
+    with that key (a row there after a 503 is a wrongly accepted request).
+    """
+
+    client: httpx.AsyncClient
+    engine: AsyncEngine
+    user: uuid.UUID
+    job_types: tuple[str, ...] = ("sdxl_image_fast", "sdxl_image_high")
+    accepted: dict[str, str] = field(default_factory=dict)  # idempotency key -> job id
+    refusals: dict[int, int] = field(default_factory=dict)
+    without_retry_after: int = 0
+    half_created: int = 0
+    connection_errors: int = 0
+    token: str = ""
+
+    def __post_init__(self) -> None:
+        self.token = mint_token(JWT_SECRET, self.user)
+
+    async def submit(self, key: str | None = None, max_tries: int = 200, retry_wait: float = 0.2) -> str | None:
+        """Submit one job until accepted; returns its id (None if refused for good)."""
+        key = key or uuid.uuid4().hex
+        body = {"jobType": random.choice(self.job_types), "metadata": {"prompt": f"fault test {key}"}}
+        headers = {"Authorization": f"Bearer {self.token}", "Idempotency-Key": key}
+        for _ in range(max_tries):
+            try:
+                response = await self.client.post("/api/queue-job", json=body, headers=headers)
+            except httpx.HTTPError:
+                self.connection_errors += 1
+                await asyncio.sleep(retry_wait)
+                continue
+            if response.status_code == 200:
+                job_id: str = response.json()["job"]["id"]
+                self.accepted[key] = job_id
+                return job_id
+            self.refusals[response.status_code] = self.refusals.get(response.status_code, 0) + 1
+            if response.status_code != 503:
+                return None
+            if "retry-after" not in response.headers:
+                self.without_retry_after += 1
+            if await self._has_row(key):
+                self.half_created += 1
+            await asyncio.sleep(retry_wait)
+        return None
+
+    async def _has_row(self, key: str) -> bool:
+        async with self.engine.connect() as conn:
+            found = (await conn.execute(sa.select(jobs.c.id).where(
+                jobs.c.user_id == self.user, jobs.c.idempotency_key == key))).first()
+        return found is not None
+
+
+def api_client(api: Api) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=api.url, timeout=30.0, limits=httpx.Limits(max_connections=400))
+
+
+async def stop_task(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """What a worker needs to know of an API that runs in another process: its URL and its settings."""
+
+    url: str
+    settings: ApiSettings
+
+
+@contextlib.asynccontextmanager
+async def running_workers(api: Api | Endpoint, checkpoints: Path, work_root: Path, count: int = 1,
+                          **changes: Any) -> AsyncIterator[list[Any]]:
+    """`count` in-process workers (each with its own model process) serving until the block ends."""
+    from worker_harness import worker_settings
+
+    from handler.main import open_worker
+
+    async with contextlib.AsyncExitStack() as stack:
+        workers = [await stack.enter_async_context(open_worker(worker_settings(
+            api, checkpoints, work_root / f"worker{n}", **changes))) for n in range(count)]
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        try:
+            yield workers
+        finally:
+            for worker in workers:
+                worker.request_stop()
+            results = await asyncio.gather(*tasks, return_exceptions=True)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+
+
+async def status_counts(engine: AsyncEngine) -> dict[str, int]:
+    async with engine.connect() as conn:
+        return {str(s): int(n) for s, n in await conn.execute(
+            sa.select(jobs.c.status, sa.func.count()).group_by(jobs.c.status))}
+
+
+@contextlib.asynccontextmanager
+async def served(settings: ApiSettings) -> AsyncIterator[Api]:
+    """The API over real HTTP for the block (`serve_api` as a context manager)."""
+    async with contextlib.aclosing(serve_api(settings)) as stream:
+        async for api in stream:
+            yield api
+            return
+
+
+# --- A worker at the protocol level: the real queue and signed callbacks, no model --------------------
+
+
+class FakeWorker:
+    """Claims with the real queue and reports with signed callbacks through the real API, like a worker
+    whose GPU work takes no time. For tests about the API's state machine, not about generation."""
+
+    def __init__(self, api: Api, worker_id: str | None = None, queues: tuple[str, ...] = ("sdxl_queue",)) -> None:
+        self.api = api
+        self.worker_id = worker_id or f"fake-{uuid.uuid4().hex[:8]}"
+        self.queues = list(queues)
+
+    async def heartbeat(self, ttl: float = 600.0) -> None:
+        await self.api.state.queue.heartbeat(self.worker_id, self.queues, ttl)
+
+    async def die(self) -> None:
+        """The heartbeat lapses at once, as when the process is killed."""
+        await self.api.state.queue.heartbeat(self.worker_id, self.queues, 0.001)
+        await asyncio.sleep(0.01)
+
+    async def take(self, timeout: float = 0.05) -> tuple[str, dict[str, Any]] | None:
+        """The next message (moved into this worker's processing list), or None."""
+        payload = await self.api.state.queue.claim(self.queues, self.worker_id, timeout)
+        return None if payload is None else (payload, json.loads(payload))
+
+    async def ack(self, payload: str) -> None:
+        await self.api.state.queue.ack(self.worker_id, payload)
+
+    async def report(self, job_id: str, status: str, attempt: int | None = None, msg_id: str | None = None,
+                     **fields: Any) -> httpx.Response:
+        body: dict[str, Any] = {"job_id": job_id, "status": status, "worker_id": self.worker_id, **fields}
+        if attempt is not None:
+            body["attempt"] = attempt
+        return await self.api.callback(body, msg_id=msg_id)
+
+    async def claim(self, job_id: str) -> int | None:
+        """The `processing` callback that claims the job in the store; its attempt number, or None if refused."""
+        answer = await self.report(job_id, "processing", progress=0)
+        return int(answer.json()["attempt"]) if answer.status_code == 200 else None
+
+    @staticmethod
+    def assets(message: dict[str, Any], count: int) -> list[dict[str, Any]]:
+        ext = message["config"]["file_extension"]
+        return [{"url": f"{message['user_id']}/{message['id']}_{n}.{ext}", "type": "image",
+                 "metadata": {"size_bytes": 1}} for n in range(count)]
