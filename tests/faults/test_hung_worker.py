@@ -75,11 +75,15 @@ async def test_a_hung_worker_fails_its_job_at_the_deadline_once_and_its_late_cal
                     await submitter.submit()
                 # Both workers hang at random points of a job.
                 frozen: list[tuple[str, Proc, list[uuid.UUID]]] = []
+                async def anyone_busy() -> bool:
+                    return any([bool(await _running(api, w)) for w, _ in workers])
+
+                await wait_until(anyone_busy, 300, "no worker took a job (see the worker logs)", every=0.02)
                 for worker_id, proc in workers:
                     async def busy(worker_id: str = worker_id) -> bool:
                         return bool(await _running(api, worker_id))
 
-                    if not await eventually(busy, 60):  # the other worker took the round's last jobs
+                    if not await eventually(busy, 3):  # the other worker took the round's last jobs
                         continue
                     await asyncio.sleep(random.uniform(0.0, 0.3))
                     proc.signal(signal.SIGSTOP)
