@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
+from queue_contract import drain_concurrently
 from servers import free_port
 
 from jobs import keys
@@ -197,17 +198,7 @@ async def test_job_ids_covers_the_queues_and_the_processing_lists(queue: RedisQu
 
 
 async def test_concurrent_claimers_never_get_the_same_message(queue: RedisQueue) -> None:
-    ids = [f"job-{n}" for n in range(200)]
-    for job_id in ids:
-        await queue.push(SDXL_QUEUE if int(job_id[4:]) % 2 else WAN_QUEUE, message(job_id))
-
-    async def drain(worker: str) -> list[str]:
-        got = []
-        while (payload := await queue.claim([SDXL_QUEUE, WAN_QUEUE], worker, timeout=0.05)) is not None:
-            got.append(payload)
-        return got
-
-    results = await asyncio.gather(*(drain(f"w{n}") for n in range(4)))
+    ids, results = await drain_concurrently(queue, timeout=0.05)
     claimed = [job_id_of(p) for batch in results for p in batch]
     assert sorted(claimed, key=str) == sorted(ids)  # every message exactly once
     for n, batch in enumerate(results):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from queue_contract import drain_concurrently
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from jobs.catalog import SDXL_QUEUE, WAN_QUEUE
@@ -168,17 +169,7 @@ async def test_job_ids_covers_the_queues_and_the_processing_lists(queue: TableQu
 
 
 async def test_concurrent_claimers_never_get_the_same_message(queue: TableQueue) -> None:
-    job_ids = [f"job-{n}" for n in range(200)]
-    for job_id in job_ids:
-        await queue.push(SDXL_QUEUE if int(job_id[4:]) % 2 else WAN_QUEUE, message(job_id))
-
-    async def drain(worker: str) -> list[str]:
-        got = []
-        while (payload := await queue.claim([SDXL_QUEUE, WAN_QUEUE], worker, timeout=0)) is not None:
-            got.append(payload)
-        return got
-
-    results = await asyncio.gather(*(drain(f"w{n}") for n in range(4)))
+    job_ids, results = await drain_concurrently(queue, timeout=0)
     claimed = [job_id_of(p) for batch in results for p in batch]
     assert sorted(claimed, key=str) == sorted(job_ids)  # every message exactly once
     for n, batch in enumerate(results):
