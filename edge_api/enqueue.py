@@ -47,10 +47,14 @@ def _str_or_none(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-async def push_job(engine: AsyncEngine, queue: Queue, row: dict[str, Any], catalog: Catalog) -> int:
-    """Push the job's message, then record that it was pushed; returns the queue's depth."""
+async def push_job(autocommit: AsyncEngine, queue: Queue, row: dict[str, Any], catalog: Catalog) -> int:
+    """Push the job's message, then record that it was pushed; returns the queue's depth.
+
+    `autocommit` is the engine with `isolation_level="AUTOCOMMIT"`, made once by the caller: making it
+    here would cost more than the statement (SQLAlchemy builds a new engine object each time).
+    """
     message = build_message(row, catalog)
     depth = await queue.push(row["queue"], message.model_dump_json())
-    async with engine.execution_options(isolation_level="AUTOCOMMIT").connect() as conn:
+    async with autocommit.connect() as conn:
         await conn.execute(MARK_ENQUEUED, {"p_id": row["id"], "p_at": utcnow()})
     return depth

@@ -28,6 +28,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from edge_api import auth
+from edge_api.auth import Authenticator, User, VerifiedTokens
+from edge_api.errors import ApiError
 from edge_api.settings import ApiSettings
 
 
@@ -277,3 +280,75 @@ async def test_an_unreachable_jwks_is_401_not_a_crash(api_settings: ApiSettings,
 
 async def test_without_a_jwks_asymmetric_tokens_are_refused(api: Api, shared_jwks: Jwks, user: uuid.UUID) -> None:
     assert_unauthorized(await get_assets(api, f"Bearer {shared_jwks.token(user)}"))
+
+
+# --- the cache of verified tokens ------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def a_user() -> User:
+    return User(id=uuid.uuid4(), role="authenticated")
+
+
+def test_a_cached_token_is_forgotten_when_it_expires() -> None:
+    clock = Clock()
+    cache = VerifiedTokens(clock=clock)
+    user = a_user()
+    cache.put("token", user, expires_at=clock.now + 10)
+    assert cache.get("token") == user
+    clock.now += 10
+    assert cache.get("token") is None
+
+
+def test_a_cached_token_is_verified_again_after_max_age_even_if_valid_longer() -> None:
+    clock = Clock()
+    cache = VerifiedTokens(max_age=60, clock=clock)
+    cache.put("token", a_user(), expires_at=clock.now + 3600)
+    clock.now += 59
+    assert cache.get("token") is not None
+    clock.now += 1
+    assert cache.get("token") is None
+
+
+def test_a_full_cache_forgets_its_oldest_token() -> None:
+    cache = VerifiedTokens(size=2)
+    first, second, third = a_user(), a_user(), a_user()
+    for name, user in (("a", first), ("b", second), ("c", third)):
+        cache.put(name, user, expires_at=time.time() + 60)
+    assert cache.get("a") is None
+    assert cache.get("b") == second and cache.get("c") == third
+
+
+async def test_a_token_is_verified_once_then_served_from_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return real_decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(auth.jwt, "decode", counting_decode)
+    authenticator = Authenticator("authenticated", JWT_SECRET)
+    user_id = uuid.uuid4()
+    token = jwt.encode(claims(user_id), JWT_SECRET, algorithm="HS256")
+    for _ in range(3):
+        assert (await authenticator.authenticate(f"Bearer {token}")).id == user_id
+    assert decoded == [token]
+
+
+async def test_a_changed_byte_of_a_cached_token_is_still_refused() -> None:
+    authenticator = Authenticator("authenticated", JWT_SECRET)
+    token = jwt.encode(claims(uuid.uuid4()), JWT_SECRET, algorithm="HS256")
+    await authenticator.authenticate(f"Bearer {token}")
+    forged = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
+    with pytest.raises(ApiError) as refused:
+        await authenticator.authenticate(f"Bearer {forged}")
+    assert refused.value.status == 401
+
