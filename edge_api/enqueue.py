@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from edge_api.store import Store
 from jobs.catalog import Catalog, JobSpec
 from jobs.db import as_utc, utcnow
 from jobs.messages import JobConfig, QueueMessage
 from jobs.queue import Queue
-from jobs.tables import jobs
-
-# Built once: the hot path pays for no statement construction (parameters are `p_`-named, see store.py).
-MARK_ENQUEUED = sa.update(jobs).where(jobs.c.id == sa.bindparam("p_id")).values(enqueued_at=sa.bindparam("p_at"))
 
 
 def job_config(spec: JobSpec, seed: int) -> JobConfig:
@@ -47,14 +41,9 @@ def _str_or_none(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-async def push_job(autocommit: AsyncEngine, queue: Queue, row: dict[str, Any], catalog: Catalog) -> int:
-    """Push the job's message, then record that it was pushed; returns the queue's depth.
-
-    `autocommit` is the engine with `isolation_level="AUTOCOMMIT"`, made once by the caller: making it
-    here would cost more than the statement (SQLAlchemy builds a new engine object each time).
-    """
+async def push_job(store: Store, queue: Queue, row: dict[str, Any], catalog: Catalog) -> int:
+    """Push the job's message, then record that it was pushed; returns the queue's depth."""
     message = build_message(row, catalog)
     depth = await queue.push(row["queue"], message.model_dump_json())
-    async with autocommit.connect() as conn:
-        await conn.execute(MARK_ENQUEUED, {"p_id": row["id"], "p_at": utcnow()})
+    await store.mark_enqueued(row["id"])
     return depth

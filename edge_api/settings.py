@@ -21,6 +21,8 @@ class ApiSettings(StorageSettings):
     environment: Literal["development", "production"] = "development"
     database_url: str = "sqlite:///./.ourvidz/ourvidz.db"
     redis_url: str | None = Field(default=None, description="None: the jobs table is the queue.")
+    # Postgres connections per API process: this many for the engine, as many again for the hot path.
+    database_pool_size: int = Field(default=10, ge=1)
 
     # Auth: HS256 with the project's JWT secret, and/or asymmetric keys from the project's JWKS.
     jwt_secret: str | None = None

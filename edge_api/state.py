@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from edge_api.auth import Authenticator, JwksCache
 from edge_api.callbacks import CallbackProcessor
+from edge_api.direct import open_runner
 from edge_api.metrics import Metrics
 from edge_api.settings import ApiSettings
 from edge_api.store import Store
@@ -49,26 +50,29 @@ class AppState:
         await self.queue.aclose()
         await self.storage.aclose()
         await self.http.aclose()
+        await self.store.hot.aclose()
         await self.engine.dispose()
 
 
 async def open_state(settings: ApiSettings) -> AppState:
     catalog = settings.catalog
-    engine = open_engine(settings.database_url)
+    engine = open_engine(settings.database_url, pool_size=settings.database_pool_size)
     if is_sqlite(engine):
         await create_sqlite_schema(engine)
+    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    store = Store(engine, await open_runner(engine, autocommit, settings.database_pool_size))
     queue: Queue = (RedisQueue.from_url(settings.redis_url, QUEUES) if settings.redis_url
                     else TableQueue(engine))
     http = httpx.AsyncClient()
     jwks = JwksCache(settings.jwks_url, http, settings.jwks_cache_seconds) if settings.jwks_url else None
     return AppState(
-        settings=settings, catalog=catalog, engine=engine, store=Store(engine), queue=queue,
+        settings=settings, catalog=catalog, engine=engine, store=store, queue=queue,
         # Without a configured secret (development), local URLs are signed with a per-process secret.
         storage=settings.open_storage(settings.files_secret or secrets.token_hex(32), settings.public_base_url),
         auth=Authenticator(settings.jwt_audience, settings.jwt_secret, jwks),
         callbacks=CallbackProcessor(engine, catalog, settings.lease_seconds),
         sweeper=Sweeper(engine, queue, catalog, job_timeout=settings.job_timeout_seconds,
                         queue_timeout=settings.queue_timeout_seconds, outbox_grace=settings.outbox_grace_seconds,
-                        interval=settings.sweep_interval_seconds),
+                        interval=settings.sweep_interval_seconds, store=store),
         metrics=Metrics(), http=http,
     )

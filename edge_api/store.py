@@ -1,4 +1,8 @@
-"""The API's reads and writes of jobs and assets (SQLAlchemy Core; one code path for Postgres and SQLite)."""
+"""The API's reads and writes of jobs and assets (SQLAlchemy Core; one code path for Postgres and SQLite).
+
+The statements of every submit and status read are `Prepared` once and run by `self.hot` (asyncpg's pool
+on Postgres, see edge_api/direct.py); the rest goes through the engine.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from edge_api import ledger, transitions
+from edge_api.direct import EngineRunner, Prepared, Runner
 from edge_api.transitions import Row
 from jobs.catalog import JobSpec
 from jobs.db import as_utc, utcnow
@@ -37,7 +42,22 @@ def _charge_and_insert() -> sa.Insert:
             .returning(credit_ledger.c.job_id))
 
 
-CHARGE_AND_INSERT = _charge_and_insert()
+MARK_ENQUEUED = Prepared(sa.update(jobs).where(jobs.c.id == sa.bindparam("p_id"))
+                         .values(enqueued_at=sa.bindparam("p_at")))
+CHARGE_AND_INSERT = Prepared(_charge_and_insert())
+JOB_OF_USER = Prepared(sa.select(jobs).where(jobs.c.id == sa.bindparam("p_id"),
+                                             jobs.c.user_id == sa.bindparam("p_user_id")))
+JOB_BY_KEY = Prepared(sa.select(jobs).where(jobs.c.user_id == sa.bindparam("p_user_id"),
+                                            jobs.c.idempotency_key == sa.bindparam("p_key")))
+# How many jobs of each type are queued before a job on its queue (its position, one grouped count).
+JOBS_AHEAD = Prepared(
+    sa.select(jobs.c.job_type, sa.func.count().label("n")).where(
+        jobs.c.queue == sa.bindparam("p_queue"), jobs.c.status == JobStatus.QUEUED.value,
+        sa.or_(jobs.c.created_at < sa.bindparam("p_created_at"),
+               sa.and_(jobs.c.created_at == sa.bindparam("p_created_at"), jobs.c.id < sa.bindparam("p_id"))))
+    .group_by(jobs.c.job_type))
+ASSETS_OF_JOB = Prepared(sa.select(assets).where(assets.c.job_id == sa.bindparam("p_job_id"))
+                         .order_by(assets.c.position))
 
 
 class IdempotencyConflict(Exception):
@@ -58,10 +78,11 @@ class NewJob:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, hot: Runner | None = None) -> None:
         self.engine = engine
         # Reads and single statements need no BEGIN/COMMIT round trips around them.
         self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.hot: Runner = hot or EngineRunner(self.autocommit)
 
     async def create_job(self, new: NewJob, starting_credits: int) -> tuple[Row, bool]:
         """Insert the job and charge for it in one transaction. Returns (row, created).
@@ -102,20 +123,16 @@ class Store:
         """
         if self.engine.dialect.name != "postgresql":
             return False
-        async with self.autocommit.connect() as conn:
-            result = await conn.execute(CHARGE_AND_INSERT, {f"p_{k}": v for k, v in values.items()})
-            return result.first() is not None
+        return bool(await self.hot.rows(CHARGE_AND_INSERT, {f"p_{k}": v for k, v in values.items()}))
 
     async def find_by_idempotency_key(self, new: NewJob) -> Row | None:
         """The job an earlier request with this key created; IdempotencyConflict if its body differed."""
-        async with self.autocommit.connect() as conn:
-            row = (await conn.execute(sa.select(jobs).where(
-                jobs.c.user_id == new.user_id, jobs.c.idempotency_key == new.idempotency_key))).mappings().first()
-        if row is None:
+        rows = await self.hot.rows(JOB_BY_KEY, {"p_user_id": new.user_id, "p_key": new.idempotency_key})
+        if not rows:
             return None
-        if row["request_hash"] != new.request_hash:
+        if rows[0]["request_hash"] != new.request_hash:
             raise IdempotencyConflict
-        return dict(row)
+        return rows[0]
 
     async def discard_unpushed(self, job_id: uuid.UUID) -> bool:
         """Undo a job whose push failed before anyone saw it: no row, no charge, balance restored."""
@@ -136,9 +153,10 @@ class Store:
             return await transitions.move(conn, job_id, [JobStatus.QUEUED], JobStatus.CANCELED)
 
     async def get_job(self, job_id: uuid.UUID, user_id: uuid.UUID | None = None) -> Row | None:
-        query = sa.select(jobs).where(jobs.c.id == job_id)
         if user_id is not None:
-            query = query.where(jobs.c.user_id == user_id)
+            rows = await self.hot.rows(JOB_OF_USER, {"p_id": job_id, "p_user_id": user_id})
+            return rows[0] if rows else None
+        query = sa.select(jobs).where(jobs.c.id == job_id)
         async with self.autocommit.connect() as conn:
             row = (await conn.execute(query)).mappings().first()
         return None if row is None else dict(row)
@@ -153,13 +171,8 @@ class Store:
 
     async def jobs_ahead(self, row: Row) -> dict[str, int]:
         """How many jobs of each type are queued before this job on its queue (one grouped count)."""
-        query = (sa.select(jobs.c.job_type, sa.func.count()).where(
-            jobs.c.queue == row["queue"], jobs.c.status == JobStatus.QUEUED.value,
-            sa.or_(jobs.c.created_at < row["created_at"],
-                   sa.and_(jobs.c.created_at == row["created_at"], jobs.c.id < row["id"])))
-            .group_by(jobs.c.job_type))
-        async with self.autocommit.connect() as conn:
-            return {str(job_type): int(count) for job_type, count in await conn.execute(query)}
+        params = {"p_queue": row["queue"], "p_created_at": row["created_at"], "p_id": row["id"]}
+        return {str(r["job_type"]): int(r["n"]) for r in await self.hot.rows(JOBS_AHEAD, params)}
 
     async def pending_by_queue(self) -> dict[tuple[str, str], list[str]]:
         """Job types of queued and processing jobs, by (queue, status)."""
@@ -177,9 +190,7 @@ class Store:
             return [(str(t), str(s), int(n)) for t, s, n in await conn.execute(query)]
 
     async def assets_of_job(self, job_id: uuid.UUID) -> list[Row]:
-        query = sa.select(assets).where(assets.c.job_id == job_id).order_by(assets.c.position)
-        async with self.autocommit.connect() as conn:
-            return [dict(r) for r in (await conn.execute(query)).mappings()]
+        return await self.hot.rows(ASSETS_OF_JOB, {"p_job_id": job_id})
 
     async def list_assets(self, user_id: uuid.UUID, limit: int, kind: str | None,
                           before: tuple[datetime, uuid.UUID] | None) -> list[Row]:
@@ -204,6 +215,9 @@ class Store:
         async with self.engine.begin() as conn:
             deleted = await conn.execute(sa.delete(assets).where(assets.c.id == asset_id, assets.c.user_id == user_id))
         return deleted.rowcount == 1
+
+    async def mark_enqueued(self, job_id: uuid.UUID) -> None:
+        await self.hot.rows(MARK_ENQUEUED, {"p_id": job_id, "p_at": utcnow()})
 
     async def balance(self, user_id: uuid.UUID) -> int:
         async with self.autocommit.connect() as conn:

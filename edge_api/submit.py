@@ -122,7 +122,7 @@ async def _depth_or_zero(state: AppState, spec: JobSpec) -> int:
 
 async def _push(state: AppState, row: Row) -> int:
     try:
-        depth = await push_job(state.store.autocommit, state.queue, row, state.catalog)
+        depth = await push_job(state.store, state.queue, row, state.catalog)
         state.recent_counts[row["queue"]] = (depth, time.monotonic())
         return depth
     except QueueUnavailable as exc:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from edge_api import transitions
 from edge_api.enqueue import push_job
+from edge_api.store import Store
 from edge_api.transitions import Row
 from jobs.catalog import Catalog
 from jobs.db import upsert, utcnow
@@ -31,9 +32,10 @@ LOCK_NAME = "sweeper"
 
 class Sweeper:
     def __init__(self, engine: AsyncEngine, queue: Queue, catalog: Catalog, *, job_timeout: float,
-                 queue_timeout: float, outbox_grace: float, interval: float, owner: str | None = None) -> None:
+                 queue_timeout: float, outbox_grace: float, interval: float, owner: str | None = None,
+                 store: Store | None = None) -> None:
         self._engine = engine
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._store = store or Store(engine)
         self._queue = queue
         self._catalog = catalog
         self._job_timeout = job_timeout
@@ -110,7 +112,7 @@ class Sweeper:
                 row = await transitions.requeue_or_fail(conn, row, f"worker {worker_id} stopped") or row
         await self._queue.ack(worker_id, payload)
         if row is not None and row["status"] == JobStatus.QUEUED.value:
-            await push_job(self._autocommit, self._queue, row, self._catalog)
+            await push_job(self._store, self._queue, row, self._catalog)
             log.info("job %s handed back from dead worker %s", row["id"], worker_id)
 
     async def _load(self, job_id: str | None) -> Row | None:
@@ -141,7 +143,7 @@ class Sweeper:
                         if job_id_of(payload) == str(row["id"]):
                             await self._queue.ack(row["worker_id"], payload)
                 if moved["status"] == JobStatus.QUEUED.value:
-                    await push_job(self._autocommit, self._queue, moved, self._catalog)
+                    await push_job(self._store, self._queue, moved, self._catalog)
             except QueueUnavailable as exc:  # the orphan pass pushes it once the queue is back
                 log.warning("sweeper cannot reach the queue: %s", exc)
 
@@ -156,5 +158,5 @@ class Sweeper:
         held = await self._queue.job_ids()
         for row in candidates:
             if str(row["id"]) not in held:
-                await push_job(self._autocommit, self._queue, row, self._catalog)
+                await push_job(self._store, self._queue, row, self._catalog)
                 log.info("job %s re-pushed: no queue held it", row["id"])

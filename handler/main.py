@@ -38,7 +38,7 @@ async def open_queue(settings: WorkerSettings) -> tuple[Queue, AsyncEngine | Non
         return RedisQueue.from_url(settings.redis_url, QUEUES), None
     if not settings.database_url:
         raise ValueError("set OURVIDZ_REDIS_URL (Redis queue) or OURVIDZ_DATABASE_URL (table queue)")
-    engine = open_engine(settings.database_url, pool_size=2)
+    engine = open_engine(settings.database_url, pool_size=4)
     if is_sqlite(engine):
         await create_sqlite_schema(engine)
     return TableQueue(engine), engine

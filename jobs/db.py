@@ -34,7 +34,7 @@ def open_engine(url: str, pool_size: int = 10) -> AsyncEngine:
         return engine
     # A fixed pool (no overflow connections opened and closed under load) and no pre-ping (a
     # BEGIN/ROLLBACK on every checkout): a dropped connection is invalidated on its first error.
-    return create_async_engine(full, pool_size=pool_size * 2, max_overflow=0, pool_pre_ping=False,
+    return create_async_engine(full, pool_size=pool_size, max_overflow=0, pool_pre_ping=False,
                                pool_recycle=1800)
 
 
