@@ -12,12 +12,13 @@ import asyncio
 import random
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from chaos import Submitter, api_client, running_workers, served, settle, stop_task, tcp_proxy, unfinished
-from invariants import audit, record, scaled
+from invariants import Figures, audit, record, scaled
 from servers import RedisServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -39,6 +40,35 @@ async def _submit_all(submitter: Submitter, total: int) -> None:
             await asyncio.sleep(random.uniform(0.0, 0.6))
 
     await asyncio.gather(*(client() for _ in range(SUBMITTERS)))
+
+
+Breaker = Callable[[AsyncEngine, asyncio.Event], Awaitable[None]]
+
+
+async def _jobs_while_breaking(settings: ApiSettings, total: int, checkpoints: Path, work_root: Path,
+                               breaker: Breaker, mend: Callable[[], None]) -> tuple[Submitter, Figures]:
+    """Submit `total` jobs to workers while `breaker` breaks Redis (until everything submitted has nearly
+    finished), then `mend` it, let every job settle, and audit the store."""
+    async with served(settings) as api:
+        user = uuid.uuid4()
+        await api.set_balance(user, 3 * total)
+        async with api_client(api) as client, running_workers(api, checkpoints, work_root, WORKERS,
+                                                              queues=["sdxl"], redis_url=settings.redis_url):
+            submitter = Submitter(client, api.state.engine, user)
+            submitted = asyncio.Event()
+            breaking = asyncio.create_task(breaker(api.state.engine, submitted))
+            try:
+                await _submit_all(submitter, total)
+                submitted.set()
+                await breaking
+            finally:
+                await stop_task(breaking)
+                mend()
+            await settle(api.state.engine)
+        figures = await audit(api.state.engine, api.state.catalog, starting_balances={user: 3 * total},
+                              accepted=submitter.accepted.values())
+    figures.wrongly_accepted = submitter.half_created + submitter.without_retry_after
+    return submitter, figures
 
 
 async def test_flushing_or_restarting_redis_under_load_loses_no_job(
@@ -63,31 +93,16 @@ async def test_flushing_or_restarting_redis_under_load_loses_no_job(
                 await asyncio.to_thread(redis_server.start)
                 faults["restart"] += 1
 
-    async with served(chaos_settings) as api:
-        user = uuid.uuid4()
-        await api.set_balance(user, 3 * total)
-        async with api_client(api) as client, running_workers(api, tiny_checkpoints, tmp_path, WORKERS,
-                                                              queues=["sdxl"]):
-            submitter = Submitter(client, api.state.engine, user)
-            submitted = asyncio.Event()
-            breaking = asyncio.create_task(chaos(api.state.engine, submitted))
-            try:
-                await _submit_all(submitter, total)
-                submitted.set()
-                await breaking
-            finally:
-                await stop_task(breaking)
-                if redis_server.process is None:
-                    redis_server.start()
-            await settle(api.state.engine)
-        figures = await audit(api.state.engine, api.state.catalog, starting_balances={user: 3 * total},
-                              accepted=submitter.accepted.values())
-        figures.wrongly_accepted = submitter.half_created + submitter.without_retry_after
-        # No worker dies here: a job run twice means the sweeper took a live worker for dead after the flush.
-        live_requeued = figures.extra["reruns"]
-        figures.duplicates += live_requeued
-        record("redis-flush-restart", figures, started, flushes=faults["flushall"], restarts=faults["restart"],
-               refused_503=submitter.refusals.get(503, 0), submits=total, live_workers_jobs_requeued=live_requeued)
+    def mend() -> None:
+        if redis_server.process is None:
+            redis_server.start()
+
+    submitter, figures = await _jobs_while_breaking(chaos_settings, total, tiny_checkpoints, tmp_path, chaos, mend)
+    # No worker dies here: a job run twice means the sweeper took a live worker for dead after the flush.
+    live_requeued = figures.extra["reruns"]
+    figures.duplicates += live_requeued
+    record("redis-flush-restart", figures, started, flushes=faults["flushall"], restarts=faults["restart"],
+           refused_503=submitter.refusals.get(503, 0), submits=total, live_workers_jobs_requeued=live_requeued)
 
 
 async def test_redis_unreachable_for_a_while_refuses_cleanly_and_completes_everything_accepted(
@@ -95,7 +110,6 @@ async def test_redis_unreachable_for_a_while_refuses_cleanly_and_completes_every
         started: float) -> None:
     total = scaled(200)
     async with tcp_proxy(redis_server.port) as proxy:
-        settings = chaos_settings.model_copy(update={"redis_url": proxy.url})
         outage_seconds = 0.0
 
         async def partitions(engine: AsyncEngine, submitted: asyncio.Event) -> None:
@@ -109,26 +123,10 @@ async def test_redis_unreachable_for_a_while_refuses_cleanly_and_completes_every
                 proxy.restore()
                 outage_seconds += down
 
-        async with served(settings) as api:
-            user = uuid.uuid4()
-            await api.set_balance(user, 3 * total)
-            async with api_client(api) as client, running_workers(api, tiny_checkpoints, tmp_path, WORKERS,
-                                                                  queues=["sdxl"], redis_url=proxy.url):
-                submitter = Submitter(client, api.state.engine, user)
-                submitted = asyncio.Event()
-                breaking = asyncio.create_task(partitions(api.state.engine, submitted))
-                try:
-                    await _submit_all(submitter, total)
-                    submitted.set()
-                    await breaking
-                finally:
-                    await stop_task(breaking)
-                    proxy.restore()
-                await settle(api.state.engine)
-            figures = await audit(api.state.engine, api.state.catalog, starting_balances={user: 3 * total},
-                                  accepted=submitter.accepted.values())
-            # Every job the API accepted completes once Redis is back: none may fail for the outage.
-            figures.lost += figures.failed
-            figures.wrongly_accepted = submitter.half_created + submitter.without_retry_after
-            record("redis-unreachable", figures, started, outages=proxy.cuts, outage_seconds=round(outage_seconds, 1),
-                   refused_503=submitter.refusals.get(503, 0), submits=total)
+        settings = chaos_settings.model_copy(update={"redis_url": proxy.url})
+        submitter, figures = await _jobs_while_breaking(settings, total, tiny_checkpoints, tmp_path, partitions,
+                                                        proxy.restore)
+    # Every job the API accepted completes once Redis is back: none may fail for the outage.
+    figures.lost += figures.failed
+    record("redis-unreachable", figures, started, outages=proxy.cuts, outage_seconds=round(outage_seconds, 1),
+           refused_503=submitter.refusals.get(503, 0), submits=total)
