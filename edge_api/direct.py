@@ -19,6 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from jobs.db import StoreUnavailable, is_unreachable
+
 Row = dict[str, Any]
 
 
@@ -60,9 +62,14 @@ class EngineRunner:
         self._engine = autocommit
 
     async def rows(self, prepared: Prepared, params: Mapping[str, Any]) -> list[Row]:
-        async with self._engine.connect() as conn:
-            result = await conn.execute(prepared.statement, dict(params))
-            return [dict(row) for row in result.mappings()] if result.returns_rows else []
+        try:
+            async with self._engine.connect() as conn:
+                result = await conn.execute(prepared.statement, dict(params))
+                return [dict(row) for row in result.mappings()] if result.returns_rows else []
+        except (sa.exc.DBAPIError, OSError) as exc:
+            if is_unreachable(exc):
+                raise StoreUnavailable(str(exc)) from exc
+            raise
 
     async def aclose(self) -> None:
         """The engine belongs to the caller."""
@@ -86,10 +93,18 @@ class PoolRunner:
         except asyncpg.IntegrityConstraintViolationError as exc:
             # The store handles constraint violations one way, whichever runner met them.
             raise sa.exc.IntegrityError(prepared.sql, None, exc) from exc
+        except _UNREACHABLE as exc:
+            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
         return [dict(record) for record in records]
 
     async def aclose(self) -> None:
         await self._pool.close()
+
+
+# What asyncpg raises when Postgres is away: refused or dropped connections, a server shutting down or
+# starting up, no connection slots left.
+_UNREACHABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+                asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError)
 
 
 async def _json_codecs(conn: asyncpg.Connection) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from edge_api.store import Store
 from jobs.catalog import Catalog, JobSpec
-from jobs.db import as_utc, utcnow
+from jobs.db import StoreUnavailable, as_utc, utcnow
 from jobs.messages import JobConfig, QueueMessage
 from jobs.queue import Queue
+
+log = logging.getLogger(__name__)
 
 
 def job_config(spec: JobSpec, seed: int) -> JobConfig:
@@ -45,5 +48,10 @@ async def push_job(store: Store, queue: Queue, row: dict[str, Any], catalog: Cat
     """Push the job's message, then record that it was pushed; returns the queue's depth."""
     message = build_message(row, catalog)
     depth = await queue.push(row["queue"], message.model_dump_json())
-    await store.mark_enqueued(row["id"])
+    try:
+        await store.mark_enqueued(row["id"])
+    except StoreUnavailable:
+        # The job is queued; only the note of it is missing. The sweeper's outbox pass re-pushes a queued
+        # job only when no queue holds it, so the job runs once.
+        log.warning("job %s: pushed, but enqueued_at not recorded (database unavailable)", row["id"])
     return depth

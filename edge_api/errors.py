@@ -9,14 +9,19 @@ ApiError                 one refusal: an HTTP status, a user-facing message, det
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from jobs.db import StoreUnavailable, is_unreachable
 from jobs.messages import ErrorEnvelope
+
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -45,6 +50,16 @@ def not_found(what: str) -> ApiError:
 def unavailable(details: str, retry_after: int = 5) -> ApiError:
     return ApiError(503, "The job queue is unavailable", details, retryable=True,
                     suggested_action=f"Retry in {retry_after} seconds.", headers={"Retry-After": str(retry_after)})
+
+
+def store_unavailable(details: str, retry_after: int = 5) -> ApiError:
+    return ApiError(503, "The database is unavailable", details, retryable=True,
+                    suggested_action=f"Retry in {retry_after} seconds (a submit with the same Idempotency-Key).",
+                    headers={"Retry-After": str(retry_after)})
+
+
+INTERNAL_ERROR = ApiError(500, "Internal error", "the error is logged on the server", retryable=True,
+                          suggested_action="Retry later; report it if it persists.")
 
 
 _STATUS_TEXT = {404: "Not found", 405: "Method not allowed", 413: "Request body too large"}
@@ -81,6 +96,20 @@ def install_handlers(app: FastAPI) -> None:
         error = _STATUS_TEXT.get(exc.status_code, str(exc.detail))
         return error_response(ApiError(exc.status_code, error, str(exc.detail), headers=dict(exc.headers or {})))
 
+    async def on_store_error(_request: Request, exc: Exception) -> JSONResponse:
+        # A database that is away is a 503 to retry; any other database error is a bug, a 500 below.
+        if not is_unreachable(exc):
+            raise exc
+        log.warning("database unavailable: %s", exc)
+        return error_response(store_unavailable(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+
+    async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        # Still the envelope; Starlette logs the traceback after this answer.
+        return error_response(INTERNAL_ERROR)
+
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    for store_error in (StoreUnavailable, sa.exc.DBAPIError, sa.exc.TimeoutError, ConnectionError):
+        app.add_exception_handler(store_error, on_store_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -19,6 +20,19 @@ def async_url(url: str) -> str:
     parsed = make_url(url)
     driver = {"postgresql": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}.get(parsed.drivername)
     return parsed.set(drivername=driver).render_as_string(hide_password=False) if driver else url
+
+
+class StoreUnavailable(Exception):
+    """The database cannot be reached: refused, dropped, shutting down, or out of connections."""
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether an error means the database is away (try again later), not that a statement is wrong."""
+    if isinstance(exc, StoreUnavailable | ConnectionError | TimeoutError | sa.exc.TimeoutError):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError)
+    return False
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

@@ -11,8 +11,11 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from harness import Api, serve_api
+from proxy import tcp_proxy
 from servers import RedisServer, free_port
+from sqlalchemy.engine import make_url
 
+from edge_api.app import create_app
 from edge_api.settings import ApiSettings
 from jobs.catalog import DEFAULT_CATALOG, SDXL_QUEUE
 from jobs.messages import MAX_PROMPT_CHARS, MAX_SEED
@@ -245,3 +248,44 @@ async def test_a_push_that_fails_after_the_checks_is_undone(api_settings: ApiSet
     finally:
         await admin.execute_command("ACL", "DELUSER", name)
         await admin.aclose()
+
+
+async def test_postgres_unreachable_is_503_in_the_envelope_and_comes_back(api_settings: ApiSettings,
+                                                                          user: uuid.UUID) -> None:
+    # Through a proxy that drops every connection and refuses new ones: the hot path (asyncpg's pool:
+    # submit, job status) and the engine (job list) both answer 503 with Retry-After, never a bare 500.
+    database = make_url(api_settings.database_url)
+    assert database.port is not None
+    async with tcp_proxy(database.port) as proxy:
+        proxied = database.set(port=proxy.port).render_as_string(hide_password=False)
+        async for api in serve_api(api_settings.model_copy(update={"database_url": proxied})):
+            await api.set_balance(user, 5)
+            job_id = await api.submitted(user)
+            proxy.cut()
+            try:
+                responses = [await api.submit(user),
+                             await api.client.get(f"/api/jobs/{job_id}", headers=api.auth(user)),
+                             await api.client.get("/api/jobs", headers=api.auth(user))]
+            finally:
+                proxy.restore()
+            for response in responses:
+                body = assert_envelope(response, 503)
+                assert body["error"] == "The database is unavailable" and body["retryable"] is True
+                assert int(response.headers["retry-after"]) > 0
+            assert (await api.client.get(f"/api/jobs/{job_id}", headers=api.auth(user))).status_code == 200
+            await api.submitted(user)
+            assert len(await api.job_rows(user)) == 2
+            assert await api.balance(user) == 3
+
+
+async def test_an_unexpected_error_is_a_500_in_the_envelope(api_settings: ApiSettings) -> None:
+    app = create_app(api_settings)
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    transport = httpx.ASGITransport(app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        body = assert_envelope(await client.get("/boom"), 500)
+    assert "a bug" not in json.dumps(body)  # nothing of the internals leaks

@@ -19,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from chaos import Endpoint, Proc, Submitter, running_workers, settle, start_api, tcp_proxy
+from chaos import Endpoint, Proc, Submitter, running_workers, settle, start_api
 from invariants import audit, record, scaled
+from proxy import tcp_proxy
 from servers import RedisServer, free_port
 
 from edge_api.settings import ApiSettings

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from chaos import Submitter, api_client, running_workers, served, settle, stop_task, tcp_proxy, unfinished
+from chaos import Submitter, api_client, running_workers, served, settle, stop_task, unfinished
 from invariants import Figures, audit, record, scaled
+from proxy import tcp_proxy
 from servers import RedisServer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
