@@ -84,7 +84,7 @@ class PoolRunner:
     @classmethod
     async def open(cls, engine: AsyncEngine, size: int) -> PoolRunner:
         dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, init=_json_codecs, reset=_keep_session)
+        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=size, init=json_codecs, reset=_keep_session)
         return cls(pool)
 
     async def rows(self, prepared: Prepared, params: Mapping[str, Any]) -> list[Row]:
@@ -107,7 +107,7 @@ _UNREACHABLE = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresC
                 asyncpg.exceptions.OperatorInterventionError, asyncpg.exceptions.InsufficientResourcesError)
 
 
-async def _json_codecs(conn: asyncpg.Connection) -> None:
+async def json_codecs(conn: asyncpg.Connection) -> None:
     # As SQLAlchemy does for its connections: JSON columns in and out as Python objects.
     for name in ("json", "jsonb"):
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 from harness import JWT_SECRET, Api, serve_api
+from invariants import Figures, audit
 from sqlalchemy.ext.asyncio import AsyncEngine
 from worker_harness import SMALL
 
@@ -167,7 +168,9 @@ class Submitter:
     """Submits jobs over HTTP and remembers what the API answered.
 
     A 503 must leave nothing behind: before retrying with the same key, the store is checked for a job
-    with that key (a row there after a 503 is a wrongly accepted request).
+    with that key (a row there after a 503 is a wrongly accepted request). With `commit_may_be_lost`
+    (Postgres went away during the statement), a row there is counted in `ambiguous` instead: the job
+    was committed and only its answer lost, and the retry with the same key must return that job.
     """
 
     client: httpx.AsyncClient
@@ -179,6 +182,8 @@ class Submitter:
     without_retry_after: int = 0
     half_created: int = 0
     connection_errors: int = 0
+    commit_may_be_lost: bool = False
+    ambiguous: dict[str, str] = field(default_factory=dict)  # idempotency key -> the job found after a 503
     token: str = ""
 
     def __post_init__(self) -> None:
@@ -198,6 +203,8 @@ class Submitter:
                 continue
             if response.status_code == 200:
                 job_id: str = response.json()["job"]["id"]
+                if self.ambiguous.get(key, job_id) != job_id:
+                    self.half_created += 1  # the retry made a second job instead of returning the first
                 self.accepted[key] = job_id
                 return job_id
             self.refusals[response.status_code] = self.refusals.get(response.status_code, 0) + 1
@@ -205,20 +212,77 @@ class Submitter:
                 return None
             if "retry-after" not in response.headers:
                 self.without_retry_after += 1
-            if await self._has_row(key):
+            found = await self._row_of(key)
+            if found is not None and self.commit_may_be_lost:
+                self.ambiguous[key] = found
+            elif found is not None:
                 self.half_created += 1
             await asyncio.sleep(retry_wait)
         return None
 
-    async def _has_row(self, key: str) -> bool:
+    async def _row_of(self, key: str) -> str | None:
         async with self.engine.connect() as conn:
             found = (await conn.execute(sa.select(jobs.c.id).where(
-                jobs.c.user_id == self.user, jobs.c.idempotency_key == key))).first()
-        return found is not None
+                jobs.c.user_id == self.user, jobs.c.idempotency_key == key))).scalar()
+        return None if found is None else str(found)
 
 
 def api_client(api: Api) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=api.url, timeout=30.0, limits=httpx.Limits(max_connections=400))
+
+
+# --- Jobs submitted while something breaks -------------------------------------------------------------
+
+BREAKING_WORKERS = 2
+BREAKING_SUBMITTERS = 4
+
+
+
+
+async def submit_all(submitter: Submitter, total: int) -> None:
+    """`total` jobs from a few concurrent clients, at about the pace the workers take them."""
+    remaining = iter(range(total))
+
+    async def client() -> None:
+        for _ in remaining:
+            await submitter.submit()
+            await asyncio.sleep(random.uniform(0.0, 0.6))
+
+    await asyncio.gather(*(client() for _ in range(BREAKING_SUBMITTERS)))
+
+
+Breaker = Callable[[AsyncEngine, asyncio.Event], Awaitable[None]]
+
+
+async def jobs_while_breaking(settings: ApiSettings, total: int, checkpoints: Path, work_root: Path,
+                              breaker: Breaker, mend: Callable[[], None], *, store: AsyncEngine | None = None,
+                              commit_may_be_lost: bool = False) -> tuple[Submitter, Figures]:
+    """Submit `total` jobs to two workers while `breaker` breaks something (until everything submitted has
+    nearly finished), then `mend` it, let every job settle, and audit the store.
+
+    `store`: the engine the test reads the store through, when the API's own goes through the fault.
+    """
+    async with served(settings) as api:
+        engine = store or api.state.engine
+        user = uuid.uuid4()
+        await api.set_balance(user, 3 * total)
+        async with api_client(api) as client, running_workers(api, checkpoints, work_root, BREAKING_WORKERS,
+                                                              queues=["sdxl"], redis_url=settings.redis_url):
+            submitter = Submitter(client, engine, user, commit_may_be_lost=commit_may_be_lost)
+            submitted = asyncio.Event()
+            breaking = asyncio.create_task(breaker(engine, submitted))
+            try:
+                await submit_all(submitter, total)
+                submitted.set()
+                await breaking
+            finally:
+                await stop_task(breaking)
+                mend()
+            await settle(engine)
+        figures = await audit(engine, api.state.catalog, starting_balances={user: 3 * total},
+                              accepted=submitter.accepted.values())
+    figures.wrongly_accepted = submitter.half_created + submitter.without_retry_after
+    return submitter, figures
 
 
 async def stop_task(task: asyncio.Task[Any]) -> None:

@@ -28,6 +28,8 @@ ROWS: list[tuple[str, str, str, list[str]]] = [
      ["flushes", "restarts", "refused_503", "live_workers_jobs_requeued"]),
     ("Queue unreachable: 503 with Retry-After, nothing half-made, all accepted complete", "redis-unreachable",
      "test_redis_faults.py", ["outages", "outage_seconds", "refused_503"]),
+    ("Database unreachable: 503 with Retry-After; a retry never makes a second job; all accepted complete",
+     "postgres-unreachable", "test_postgres_faults.py", ["outages", "outage_seconds", "refused_503", "ambiguous_503"]),
     ("No job lost when the API dies between commit and push (outbox)", "api-crash-before-push",
      "test_api_crash.py", ["kills", "committed_unpushed_at_kill", "connection_errors"]),
     ("Timeout at the deadline (15 min by default), refunded once; a late worker changes nothing",

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from chaos import Submitter, api_client, running_workers, served, settle, stop_task, unfinished
-from invariants import Figures, audit, record, scaled
+from chaos import jobs_while_breaking, unfinished
+from invariants import record, scaled
 from proxy import tcp_proxy
 from servers import RedisServer
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,51 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from edge_api.settings import ApiSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
-
-WORKERS = 2
-SUBMITTERS = 4
-
-
-async def _submit_all(submitter: Submitter, total: int) -> None:
-    """`total` jobs from a few concurrent clients, at about the pace the workers take them."""
-    remaining = iter(range(total))
-
-    async def client() -> None:
-        for _ in remaining:
-            await submitter.submit()
-            await asyncio.sleep(random.uniform(0.0, 0.6))
-
-    await asyncio.gather(*(client() for _ in range(SUBMITTERS)))
-
-
-Breaker = Callable[[AsyncEngine, asyncio.Event], Awaitable[None]]
-
-
-async def _jobs_while_breaking(settings: ApiSettings, total: int, checkpoints: Path, work_root: Path,
-                               breaker: Breaker, mend: Callable[[], None]) -> tuple[Submitter, Figures]:
-    """Submit `total` jobs to workers while `breaker` breaks Redis (until everything submitted has nearly
-    finished), then `mend` it, let every job settle, and audit the store."""
-    async with served(settings) as api:
-        user = uuid.uuid4()
-        await api.set_balance(user, 3 * total)
-        async with api_client(api) as client, running_workers(api, checkpoints, work_root, WORKERS,
-                                                              queues=["sdxl"], redis_url=settings.redis_url):
-            submitter = Submitter(client, api.state.engine, user)
-            submitted = asyncio.Event()
-            breaking = asyncio.create_task(breaker(api.state.engine, submitted))
-            try:
-                await _submit_all(submitter, total)
-                submitted.set()
-                await breaking
-            finally:
-                await stop_task(breaking)
-                mend()
-            await settle(api.state.engine)
-        figures = await audit(api.state.engine, api.state.catalog, starting_balances={user: 3 * total},
-                              accepted=submitter.accepted.values())
-    figures.wrongly_accepted = submitter.half_created + submitter.without_retry_after
-    return submitter, figures
-
 
 async def test_flushing_or_restarting_redis_under_load_loses_no_job(
         chaos_settings: ApiSettings, redis_server: RedisServer, tiny_checkpoints: Path, tmp_path: Path,
@@ -98,7 +51,7 @@ async def test_flushing_or_restarting_redis_under_load_loses_no_job(
         if redis_server.process is None:
             redis_server.start()
 
-    submitter, figures = await _jobs_while_breaking(chaos_settings, total, tiny_checkpoints, tmp_path, chaos, mend)
+    submitter, figures = await jobs_while_breaking(chaos_settings, total, tiny_checkpoints, tmp_path, chaos, mend)
     # No worker dies here: a job run twice means the sweeper took a live worker for dead after the flush.
     live_requeued = figures.extra["reruns"]
     figures.duplicates += live_requeued
@@ -125,7 +78,7 @@ async def test_redis_unreachable_for_a_while_refuses_cleanly_and_completes_every
                 outage_seconds += down
 
         settings = chaos_settings.model_copy(update={"redis_url": proxy.url})
-        submitter, figures = await _jobs_while_breaking(settings, total, tiny_checkpoints, tmp_path, partitions,
+        submitter, figures = await jobs_while_breaking(settings, total, tiny_checkpoints, tmp_path, partitions,
                                                         proxy.restore)
     # Every job the API accepted completes once Redis is back: none may fail for the outage.
     figures.lost += figures.failed
