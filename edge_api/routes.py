@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
@@ -45,11 +45,20 @@ def _job_id(value: str) -> uuid.UUID:
         raise not_found("Job") from exc
 
 
-@router.post("/queue-job", response_model=QueueJobResponse, tags=["jobs"])
-async def queue_job(body: QueueJobRequest, user: CurrentUser, state: State,
-                    idempotency_key: Annotated[str | None, Header()] = None) -> QueueJobResponse:
+# Read from the request rather than as a `Header()` parameter (which FastAPI re-inspects on every request),
+# and documented here instead.
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key", "in": "header", "required": False, "schema": {"type": "string", "maxLength": 200},
+    "description": "Any 1-200 characters. A retry with the same key and body gets the first job back, never a "
+                   "second one; the same key with another body is a 409.",
+}
+
+
+@router.post("/queue-job", response_model=QueueJobResponse, tags=["jobs"],
+             openapi_extra={"parameters": [IDEMPOTENCY_KEY]})
+async def queue_job(body: QueueJobRequest, user: CurrentUser, state: State, request: Request) -> QueueJobResponse:
     """Charge the job's credits, record it and queue it (the reference's `queue-job`)."""
-    return await submit_job(state, user, body, request_key(idempotency_key))
+    return await submit_job(state, user, body, request_key(request.headers.get("idempotency-key")))
 
 
 @router.get("/jobs", response_model=list[JobView], tags=["jobs"])
