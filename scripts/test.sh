@@ -6,10 +6,11 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/mypy
-# The fault suite (tests/faults: hundreds of jobs under kills, Redis outages, races; ~10 min on 2 cores)
-# runs with OURVIDZ_FAULTS=1 until its run-to-run stability is established.
-if [ "${OURVIDZ_FAULTS:-0}" = "1" ]; then
-    .venv/bin/pytest -p no:cacheprovider "$@"
-else
+# The whole suite, the fault suite included (tests/faults: hundreds of jobs under kills, Redis and Postgres
+# outages, races; ~9 min of the ~13 on 2 cores). OURVIDZ_FAULT_REPEATS scales its sizes (1 by default);
+# OURVIDZ_FAULTS=0 leaves it out for a quick run.
+if [ "${OURVIDZ_FAULTS:-1}" = "0" ]; then
     .venv/bin/pytest -p no:cacheprovider --ignore=tests/faults "$@"
+else
+    .venv/bin/pytest -p no:cacheprovider "$@"
 fi

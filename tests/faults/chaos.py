@@ -282,6 +282,9 @@ async def jobs_while_breaking(settings: ApiSettings, total: int, checkpoints: Pa
         figures = await audit(engine, api.state.catalog, starting_balances={user: 3 * total},
                               accepted=submitter.accepted.values())
     figures.wrongly_accepted = submitter.half_created + submitter.without_retry_after
+    # Every submit gets a 200 or a 503 to retry; a 500 (or any other refusal) is a broken promise.
+    figures.server_errors = sum(n for code, n in submitter.refusals.items() if code != 503)
+    figures.lost += total - len(submitter.accepted)
     return submitter, figures
 
 
