@@ -58,7 +58,7 @@ from bench_common import (
 JWT_SECRET = "bench-jwt-secret-that-is-long-enough-for-hs256"
 CALLBACK_SECRET = "bench-callback-secret"
 PROMPT = "a red fox running through fresh snow at golden hour, cinematic, shallow depth of field"
-API_POOL = 20  # edge_api opens its engine with pool_size=10, max_overflow=10
+API_POOL = 20  # edge_api: 10 engine connections + 10 in the hot path's asyncpg pool (database_pool_size=10)
 TARGET_SUBMITS_PER_S = 1000.0
 TARGET_P99_MS = 50.0
 
@@ -568,7 +568,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="queued jobs left for the GET phases: a queued job's view lists the jobs ahead of it "
                              "(%(default)s)")
     parser.add_argument("--floor-pool", type=int, default=API_POOL,
-                        help="asyncpg connections of the floor; the API's engine has 10 + 10 overflow (%(default)s)")
+                        help="asyncpg connections of the floor; the API: 10 (engine) + 10 (hot path) (%(default)s)")
     parser.add_argument("--profile", choices=["auto", "on", "off"], default="auto",
                         help="py-spy the server during an extra submit phase: auto = if py-spy is installed")
     parser.add_argument("--profile-concurrency", type=int, default=64)
