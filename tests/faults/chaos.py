@@ -24,6 +24,7 @@ import httpx
 import sqlalchemy as sa
 from harness import JWT_SECRET, Api, serve_api
 from invariants import Figures, audit
+from proxy import TcpProxy
 from sqlalchemy.ext.asyncio import AsyncEngine
 from worker_harness import SMALL
 
@@ -252,6 +253,25 @@ async def submit_all(submitter: Submitter, total: int) -> None:
 
 
 Breaker = Callable[[AsyncEngine, asyncio.Event], Awaitable[None]]
+
+
+@dataclass
+class Partitions:
+    """A breaker: cuts `proxy` for 0.3 s to `longest` s at a time, every 0.5-2 s, until the jobs submitted
+    have nearly all finished; `seconds` adds up the outages."""
+
+    proxy: TcpProxy
+    longest: float
+    seconds: float = 0.0
+
+    async def __call__(self, engine: AsyncEngine, submitted: asyncio.Event) -> None:
+        while not (submitted.is_set() and await unfinished(engine) <= 2):
+            await asyncio.sleep(random.uniform(0.5, 2.0))
+            down = random.uniform(0.3, self.longest)
+            self.proxy.cut()
+            await asyncio.sleep(down)
+            self.proxy.restore()
+            self.seconds += down
 
 
 async def jobs_while_breaking(settings: ApiSettings, total: int, checkpoints: Path, work_root: Path,

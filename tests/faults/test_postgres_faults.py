@@ -8,13 +8,11 @@ retry with the same key must return that job (counted in `ambiguous_503`), never
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from chaos import jobs_while_breaking, unfinished
+from chaos import Partitions, jobs_while_breaking
 from invariants import record, scaled
 from proxy import tcp_proxy
 from sqlalchemy.engine import make_url
@@ -41,23 +39,12 @@ async def test_postgres_unreachable_for_a_while_refuses_cleanly_and_completes_ev
     database = make_url(chaos_settings.database_url)
     assert database.port is not None
     async with tcp_proxy(database.port) as proxy:
-        outage_seconds = 0.0
-
-        async def partitions(engine: AsyncEngine, submitted: asyncio.Event) -> None:
-            nonlocal outage_seconds
-            while not (submitted.is_set() and await unfinished(engine) <= 2):
-                await asyncio.sleep(random.uniform(0.5, 2.0))
-                down = random.uniform(0.3, 3.0)
-                proxy.cut()
-                await asyncio.sleep(down)
-                proxy.restore()
-                outage_seconds += down
-
+        partitions = Partitions(proxy, longest=3.0)
         proxied = database.set(port=proxy.port).render_as_string(hide_password=False)
         settings = chaos_settings.model_copy(update={"database_url": proxied})
         submitter, figures = await jobs_while_breaking(settings, total, tiny_checkpoints, tmp_path, partitions,
                                                        proxy.restore, store=direct_store, commit_may_be_lost=True)
     # Every job the API accepted completes once Postgres is back: none may fail for the outage.
     figures.lost += figures.failed
-    record("postgres-unreachable", figures, started, outages=proxy.cuts, outage_seconds=round(outage_seconds, 1),
+    record("postgres-unreachable", figures, started, outages=proxy.cuts, outage_seconds=round(partitions.seconds, 1),
            refused_503=submitter.refusals.get(503, 0), ambiguous_503=len(submitter.ambiguous), submits=total)

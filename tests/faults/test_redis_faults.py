@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from chaos import jobs_while_breaking, unfinished
+from chaos import Partitions, jobs_while_breaking, unfinished
 from invariants import record, scaled
 from proxy import tcp_proxy
 from servers import RedisServer
@@ -64,23 +64,12 @@ async def test_redis_unreachable_for_a_while_refuses_cleanly_and_completes_every
         started: float) -> None:
     total = scaled(200)
     async with tcp_proxy(redis_server.port) as proxy:
-        outage_seconds = 0.0
-
-        async def partitions(engine: AsyncEngine, submitted: asyncio.Event) -> None:
-            nonlocal outage_seconds
-            while not (submitted.is_set() and await unfinished(engine) <= 2):
-                await asyncio.sleep(random.uniform(0.5, 2.0))
-                # Some outages outlast the workers' heartbeat TTL (3 s): a live worker must not lose its job.
-                down = random.uniform(0.3, 3.5)
-                proxy.cut()
-                await asyncio.sleep(down)
-                proxy.restore()
-                outage_seconds += down
-
+        # Some outages outlast the workers' heartbeat TTL (3 s): a live worker must not lose its job.
+        partitions = Partitions(proxy, longest=3.5)
         settings = chaos_settings.model_copy(update={"redis_url": proxy.url})
         submitter, figures = await jobs_while_breaking(settings, total, tiny_checkpoints, tmp_path, partitions,
                                                         proxy.restore)
     # Every job the API accepted completes once Redis is back: none may fail for the outage.
     figures.lost += figures.failed
-    record("redis-unreachable", figures, started, outages=proxy.cuts, outage_seconds=round(outage_seconds, 1),
+    record("redis-unreachable", figures, started, outages=proxy.cuts, outage_seconds=round(partitions.seconds, 1),
            refused_503=submitter.refusals.get(503, 0), submits=total)
