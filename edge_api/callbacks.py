@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -27,6 +27,8 @@ from jobs.status import JobStatus
 from jobs.storage import validate_object_path
 from jobs.tables import assets, callback_receipts, jobs
 
+_ENDED_WITHOUT_ASSETS = frozenset({JobStatus.FAILED.value, JobStatus.CANCELED.value})
+
 # Keys the API sets at submission; a worker's metadata never overwrites them.
 PROTECTED_KEYS = frozenset({"prompt", "negative_prompt", "seed", "credits", "bucket", "num_images", "job_type",
                             "primary_asset", "all_assets", "callback_processed_at"})
@@ -36,6 +38,10 @@ PROTECTED_KEYS = frozenset({"prompt", "negative_prompt", "seed", "credits", "buc
 class Answer:
     status_code: int
     body: dict[str, Any]
+    # (bucket, path) of files a refused completion uploaded for a job that ended without assets (failed or
+    # canceled first): nothing will ever link them, so the route removes them. Not stored with the receipt,
+    # so a replay removes nothing again.
+    orphans: tuple[tuple[str, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -98,6 +104,20 @@ class CallbackProcessor:
         if found is None:
             return _refuse(404, "Job not found", str(job_id))
         row = dict(found)
+        answer = await self._decide_for(conn, row, cb)
+        if not answer.ok and cb.status is JobStatus.COMPLETED and row["status"] in _ENDED_WITHOUT_ASSETS:
+            answer = replace(answer, orphans=self._orphans(row, cb))
+        return answer
+
+    def _orphans(self, row: Row, cb: JobCallback) -> tuple[tuple[str, str], ...]:
+        """The callback's files that can only be this job's: valid paths under `{user_id}/{job_id}`."""
+        spec = self._catalog.get(row["job_type"])
+        if spec is None or _check_assets(cb, str(row["user_id"])) is not None:
+            return ()
+        prefix = f"{row['user_id']}/{row['id']}"
+        return tuple((spec.bucket, asset.url) for asset in cb.assets if asset.url.startswith(prefix))
+
+    async def _decide_for(self, conn: AsyncConnection, row: Row, cb: JobCallback) -> Answer:
         current = JobStatus(row["status"])
         if cb.attempt is not None and _stale(current, cb.status, cb.attempt, row["attempts"]):
             return _refuse(409, "Stale attempt", f"the callback is for attempt {cb.attempt}; "

@@ -20,6 +20,9 @@ class Metrics:
         self.job_seconds = Histogram(
             "ourvidz_job_duration_seconds", "From claim to terminal callback", ["job_type", "status"],
             buckets=(1, 5, 15, 30, 60, 120, 240, 480, 900), registry=self.registry)
+        self.orphans_removed = Counter("ourvidz_orphan_files_removed",
+                                       "Files of completions refused because the job had failed or was canceled",
+                                       registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

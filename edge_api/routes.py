@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from typing import Annotated, Any, Literal
 
@@ -30,6 +31,8 @@ from jobs.queue import QueueUnavailable
 from jobs.status import JobStatus
 from jobs.storage import ObjectNotFound, StorageError
 from jobs.webhooks import BadSignature, verify
+
+log = logging.getLogger(__name__)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorEnvelope} for code in (400, 401, 402, 404, 409, 413, 422, 503)
@@ -161,7 +164,20 @@ async def job_callback(request: Request, state: State) -> JSONResponse:
     answer = await state.callbacks.apply(webhook_id, body, callback)
     if answer.ok and callback.status.is_terminal and not answer.body.get("duplicate"):
         await _observe_duration(state, answer.body["job_id"])
+    await _remove_orphans(state, answer.orphans)
     return JSONResponse(answer.body, status_code=answer.status_code)
+
+
+async def _remove_orphans(state: State, orphans: tuple[tuple[str, str], ...]) -> None:
+    """Files uploaded for a completion that came after the job had failed or was canceled; best effort (the
+    worker gets its refusal either way)."""
+    for bucket, path in orphans:
+        try:
+            await state.storage.delete(bucket, path)
+        except StorageError as exc:
+            log.warning("could not remove %s/%s, uploaded for a job that had ended: %s", bucket, path, exc)
+        else:
+            state.metrics.orphans_removed.inc()
 
 
 async def _observe_duration(state: State, job_id: str) -> None:

@@ -6,12 +6,14 @@ import asyncio
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from harness import Api
 
+from jobs.catalog import DEFAULT_CATALOG
 from jobs.webhooks import signed_headers
 
 
@@ -410,3 +412,58 @@ async def test_a_worker_cannot_report_canceled(api: Api, user: uuid.UUID) -> Non
 async def test_a_malformed_callback_body_is_422(api: Api) -> None:
     assert_refused(await api.callback({}, raw=b'{"job_id": '), 422)
 
+
+
+# --- Files of a completion that came too late ------------------------------------------------------------------
+
+
+async def uploaded(api: Api, job_id: str, names: list[str]) -> list[Path]:
+    """Put files in local storage as a worker would, in the job's bucket; returns where they lie."""
+    bucket = DEFAULT_CATALOG[(await api.job_row(job_id))["job_type"]].bucket
+    for name in names:
+        await api.state.storage.upload(bucket, name, b"\x89PNG not really", "image/png")
+    return [Path(api.settings.storage_dir) / bucket / name for name in names]
+
+
+async def test_files_of_a_completion_refused_after_the_job_failed_are_removed(api: Api, user: uuid.UUID) -> None:
+    job_id = await running_job(api, user)
+    assert (await api.callback({"job_id": job_id, "status": "failed", "attempt": 1})).status_code == 200
+    files = await uploaded(api, job_id, paths(user, job_id, 2))
+    late = {"job_id": job_id, "status": "completed", "attempt": 1, "assets": paths(user, job_id, 2)}
+    msg_id = f"msg_{uuid.uuid4().hex}"
+    assert_refused(await api.callback(late, msg_id=msg_id), 409)
+    assert not any(f.exists() for f in files)
+    # A replay gets the same refusal and has nothing left to remove.
+    assert_refused(await api.callback(late, msg_id=msg_id), 409)
+
+
+async def test_files_of_a_completion_refused_after_a_cancel_are_removed(api: Api, user: uuid.UUID) -> None:
+    job_id = await queued_job(api, user)
+    canceled = await api.client.post(f"/api/jobs/{job_id}/cancel", headers=api.auth(user))
+    assert canceled.status_code == 200, canceled.text
+    files = await uploaded(api, job_id, paths(user, job_id))
+    assert_refused(await api.callback({"job_id": job_id, "status": "completed", "assets": paths(user, job_id)}), 409)
+    assert not files[0].exists()
+
+
+async def test_a_refused_completion_removes_nothing_that_is_not_this_jobs(api: Api, user: uuid.UUID) -> None:
+    job_id = await running_job(api, user)
+    other_job = await running_job(api, user)
+    assert (await api.callback({"job_id": job_id, "status": "failed", "attempt": 1})).status_code == 200
+    others = await uploaded(api, job_id, [*paths(user, other_job), f"{user}/avatar.png"])
+    late = {"job_id": job_id, "status": "completed", "attempt": 1,
+            "assets": [*paths(user, other_job), f"{user}/avatar.png"]}
+    assert_refused(await api.callback(late), 409)
+    assert all(f.exists() for f in others)
+
+
+async def test_files_of_a_stale_completion_stay_while_the_job_runs_again(api: Api, user: uuid.UUID) -> None:
+    # Attempts of one job upload to the same paths: the running attempt's files must not be touched.
+    job_id = await requeued_and_reclaimed(api, user)
+    files = await uploaded(api, job_id, paths(user, job_id))
+    stale = {"job_id": job_id, "status": "completed", "attempt": 1, "assets": paths(user, job_id)}
+    assert_refused(await api.callback(stale), 409)
+    assert files[0].exists()
+    assert (await api.callback({**stale, "attempt": 2})).status_code == 200
+    assert_refused(await api.callback(stale), 409)  # the job is completed now: its files are its assets
+    assert files[0].exists()

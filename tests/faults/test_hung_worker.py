@@ -66,6 +66,7 @@ async def test_a_hung_worker_fails_its_job_at_the_deadline_once_and_its_late_cal
         hung: list[uuid.UUID] = []
         wrong: list[str] = []
         late_refused = 0
+        files_left = 0
         stack = contextlib.AsyncExitStack()
         try:
             client = await stack.enter_async_context(api_client(api))
@@ -119,6 +120,9 @@ async def test_a_hung_worker_fails_its_job_at_the_deadline_once_and_its_late_cal
                     refunds = await _count(api, credit_ledger, job_id, credit_ledger.c.kind == "refund")
                     if refunds != 1:
                         wrong.append(f"{job_id}: {refunds} refunds after the late callback")
+                    # The refused completion's files are removed before the worker gets its answer.
+                    left = list(Path(api.settings.storage_dir).glob(f"*/{user}/{job_id}_*"))
+                    files_left += len(left)
 
             async def drained() -> bool:
                 async with api.state.engine.connect() as conn:
@@ -135,5 +139,6 @@ async def test_a_hung_worker_fails_its_job_at_the_deadline_once_and_its_late_cal
                               accepted=submitter.accepted.values())
         figures.problems.extend(wrong)
         figures.missing_refunds += len(wrong)
+        figures.orphan_assets += files_left  # files nothing links: a broken promise like an asset row without a job
         record("hung-worker-deadline", figures, started, hung_jobs=len(hung), deadline_seconds=DEADLINE,
-               late_callbacks_refused=late_refused)
+               late_callbacks_refused=late_refused, late_files_left=files_left)
