@@ -22,6 +22,8 @@ START, END = "<!-- figures:start -->", "<!-- figures:end -->"
 # Promise, scenario, and the figures of that scenario worth showing beside the common ones.
 ROWS: list[tuple[str, str, str, list[str]]] = [
     ("No job lost when a worker dies", "worker-sigkill", "test_worker_kills.py", ["kills", "kills_mid_job"]),
+    ("The same in the embedded mode (SQLite, the jobs table as the queue)", "worker-sigkill-embedded",
+     "test_worker_kills.py", ["kills", "kills_mid_job"]),
     ("Worker restarts its model process on GPU errors; the job is rerun", "model-process-deaths",
      "test_worker_kills.py", ["kills", "child_restarts", "jobs_handed_back"]),
     ("No job lost when Redis loses its data", "redis-flush-restart", "test_redis_faults.py",

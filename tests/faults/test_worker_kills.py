@@ -47,16 +47,23 @@ async def _running_jobs(api: Api, worker_id: str) -> list[str]:
         return [str(r.id) for r in rows]
 
 
+@pytest.mark.parametrize("store", ["postgres-redis", "embedded"])
 async def test_sigkilled_workers_lose_no_job_and_complete_none_twice(
-        chaos_settings: ApiSettings, tiny_checkpoints: Path, tmp_path: Path, started: float) -> None:
+        chaos_settings: ApiSettings, tiny_checkpoints: Path, tmp_path: Path, started: float, store: str) -> None:
+    """`embedded`: the same against `ourvidz up`'s store, SQLite with the jobs table as the queue, shared by
+    the API and the worker processes (WAL), one of them killed wherever it is, mid-write included."""
     total, kills = scaled(200), scaled(16)
-    async with served(chaos_settings.model_copy(update={"catalog_overrides": LONGER_CATALOG})) as api:
+    settings = chaos_settings.model_copy(update={"catalog_overrides": LONGER_CATALOG})
+    if store == "embedded":
+        settings = settings.model_copy(update={"database_url": f"sqlite:///{tmp_path / 'ourvidz.db'}",
+                                               "redis_url": None})
+    async with served(settings) as api:
         user = uuid.uuid4()
         await api.set_balance(user, 3 * total)
 
         async def new_worker(n: int) -> tuple[str, Proc]:
             settings = worker_settings(api, tiny_checkpoints, tmp_path / f"work{n}", queues=["sdxl"],
-                                       heartbeat_ttl_seconds=1.0)
+                                       heartbeat_ttl_seconds=1.0, database_url=api.settings.database_url)
             return settings.worker_id, await start_worker(settings, tmp_path / f"worker{n}.log")
 
         workers = [await new_worker(n) for n in range(WORKERS)]
@@ -96,7 +103,8 @@ async def test_sigkilled_workers_lose_no_job_and_complete_none_twice(
         await settle(api.state.engine)
         figures = await audit(api.state.engine, api.state.catalog, starting_balances={user: 3 * total},
                               accepted=submitter.accepted.values())
-        record("worker-sigkill", figures, started, kills=kills, kills_mid_job=mid_job, workers_started=started_workers)
+        scenario = "worker-sigkill" if store == "postgres-redis" else "worker-sigkill-embedded"
+        record(scenario, figures, started, kills=kills, kills_mid_job=mid_job, workers_started=started_workers)
 
 
 async def test_a_model_process_that_dies_mid_job_is_restarted_and_its_job_rerun(
