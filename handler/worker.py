@@ -71,6 +71,8 @@ class Worker:
         self.uploader = uploader
         self.stats = WorkerStats()
         self._jobs: dict[str, InFlight] = {}
+        # Jobs whose `processing` callback is on its way: not in `_jobs` yet, but already this worker's.
+        self._claiming: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._gpu_free = asyncio.Event()
         self._child_ready = False
@@ -209,7 +211,7 @@ class Worker:
             if job is not None:
                 self._jobs.pop(job.message.id, None)
                 shutil.rmtree(self.settings.work_dir / job.message.id, ignore_errors=True)
-            if self._child_ready and not any(self._generating(j) for j in self._jobs.values()):
+            if self._child_ready and not self._claiming and not any(self._generating(j) for j in self._jobs.values()):
                 self._gpu_free.set()
 
     @staticmethod
@@ -224,16 +226,20 @@ class Worker:
                       job_id_of(payload), exc)
             await self._ack(payload)
             return None
-        if message.id in self._jobs:
-            # A second message for a job this worker is running (pushed again while Redis had lost track
-            # of it). Running both would mix their events; the store decides whether the job needs another
-            # run once this one ends, and the sweeper pushes it again if so.
+        if message.id in self._jobs or message.id in self._claiming:
+            # A second message for a job this worker is running or claiming (pushed again while Redis had
+            # lost track of it). Running both would mix their events; the store decides whether the job
+            # needs another run once this one ends, and the sweeper pushes it again if so.
             log.info("job %s: already running here; dropping a duplicate message", message.id)
             self.stats.dropped += 1
             await self._ack(payload)
             return None
-        answer = await self.callbacks.deliver(JobCallback(job_id=message.id, status=JobStatus.PROCESSING,
-                                                          worker_id=self.worker_id, progress=0))
+        self._claiming.add(message.id)
+        try:
+            answer = await self.callbacks.deliver(JobCallback(job_id=message.id, status=JobStatus.PROCESSING,
+                                                              worker_id=self.worker_id, progress=0))
+        finally:
+            self._claiming.discard(message.id)
         if not answer.accepted:
             log.info("job %s: not ours to run (%s %s); dropping the message", message.id, answer.status_code,
                      answer.body.get("error"))
