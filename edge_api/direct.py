@@ -119,9 +119,3 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     asyncpg's default reset sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`
     on every release: a round trip per statement (≈ 70 µs of CPU, measured).
     """
-
-
-async def open_runner(engine: AsyncEngine, autocommit: AsyncEngine, pool_size: int) -> Runner:
-    if engine.dialect.name == "postgresql":
-        return await PoolRunner.open(engine, pool_size)
-    return EngineRunner(autocommit)

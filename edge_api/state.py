@@ -12,7 +12,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from edge_api.auth import Authenticator, JwksCache
 from edge_api.callbacks import CallbackProcessor
-from edge_api.direct import open_runner
 from edge_api.metrics import Metrics
 from edge_api.settings import ApiSettings
 from edge_api.store import Store
@@ -59,8 +58,7 @@ async def open_state(settings: ApiSettings) -> AppState:
     engine = open_engine(settings.database_url, pool_size=settings.database_pool_size)
     if is_sqlite(engine):
         await create_sqlite_schema(engine)
-    autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
-    store = Store(engine, await open_runner(engine, autocommit, settings.database_pool_size))
+    store = await Store.open(engine, settings.database_pool_size)
     queue: Queue = (RedisQueue.from_url(settings.redis_url, QUEUES) if settings.redis_url
                     else TableQueue(engine))
     http = httpx.AsyncClient()

@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from edge_api import ledger, transitions
-from edge_api.direct import EngineRunner, Prepared, Runner
+from edge_api.direct import EngineRunner, PoolRunner, Prepared, Runner
 from edge_api.transitions import Row
 from jobs.catalog import JobSpec
 from jobs.db import as_utc, utcnow
@@ -83,6 +83,12 @@ class Store:
         # Reads and single statements need no BEGIN/COMMIT round trips around them.
         self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self.hot: Runner = hot or EngineRunner(self.autocommit)
+
+    @classmethod
+    async def open(cls, engine: AsyncEngine, pool_size: int) -> Store:
+        """On Postgres, the hot statements get asyncpg's pool of `pool_size`; elsewhere they use the engine."""
+        hot = await PoolRunner.open(engine, pool_size) if engine.dialect.name == "postgresql" else None
+        return cls(engine, hot)
 
     async def create_job(self, new: NewJob, starting_credits: int) -> tuple[Row, bool]:
         """Insert the job and charge for it in one transaction. Returns (row, created).
