@@ -73,6 +73,10 @@ class Worker:
         self._jobs: dict[str, InFlight] = {}
         # Jobs whose `processing` callback is on its way: not in `_jobs` yet, but already this worker's.
         self._claiming: set[str] = set()
+        # Messages that a task of this worker works on, from the claim until the task ends.
+        self._owned: set[str] = set()
+        # Messages in our processing list that no task owned at the last check (see `_return_strays`).
+        self._strays: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._gpu_free = asyncio.Event()
         self._child_ready = False
@@ -130,6 +134,7 @@ class Worker:
                     return
                 continue
             self._gpu_free.clear()
+            self._owned.add(payload)
             task = asyncio.create_task(self._process(payload))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -164,9 +169,27 @@ class Worker:
         while True:
             try:
                 await self.queue.heartbeat(self.worker_id, self.settings.queues, ttl)
+                if not self._stopping.is_set():  # once stopped, the retired list is the sweeper's
+                    await self._return_strays()
             except QueueUnavailable as exc:
                 log.warning("worker %s: heartbeat failed: %s", self.worker_id, exc)
             await asyncio.sleep(ttl / 3)
+
+    async def _return_strays(self) -> None:
+        """Give back the messages in our processing list that no task of ours works on.
+
+        A failed ack or hand-back, or a claim whose callback never got through, leaves one there; while
+        we heartbeat, the sweeper counts it as held and never pushes its job again. A message is a stray
+        only if it was one at the previous check too: a claim moves it into the list a moment before the
+        claim loop takes ownership of it.
+        """
+        held = set(await self.queue.held(self.worker_id)) - self._owned - set(self.queue.stashed(self.worker_id))
+        confirmed, self._strays = held & self._strays, held
+        for payload in confirmed:
+            log.warning("job %s: its message sat in our processing list with nobody on it; giving it back",
+                        job_id_of(payload))
+            await self._requeue(payload)
+            self._strays.discard(payload)
 
     async def _dispatch(self) -> None:
         """Route the child's events to their jobs; restart the child when it dies."""
@@ -207,7 +230,12 @@ class Worker:
             job = await self._claim_job(payload)
             if job is not None:
                 await self._run_claimed(job)
+        except Exception:  # a bug must not take the message with it
+            log.exception("job %s: unexpected error in the worker", job_id_of(payload))
+            if job is not None and job.message.id in self._jobs:
+                await self._hand_back(job, "unexpected error in the worker")
         finally:
+            self._owned.discard(payload)
             if job is not None:
                 self._jobs.pop(job.message.id, None)
                 shutil.rmtree(self.settings.work_dir / job.message.id, ignore_errors=True)
@@ -238,6 +266,12 @@ class Worker:
         try:
             answer = await self.callbacks.deliver(JobCallback(job_id=message.id, status=JobStatus.PROCESSING,
                                                               worker_id=self.worker_id, progress=0))
+        except Exception as exc:  # the deadline passed with the API unreachable
+            # Whether the claim landed or not, the message goes back: if it did, our next claim of it is
+            # accepted again, another worker's is refused and the job's lease runs out.
+            log.error("job %s: the claim was never answered (%s); giving the message back", message.id, exc)
+            await self._requeue(payload)
+            return None
         finally:
             self._claiming.discard(message.id)
         if not answer.accepted:
@@ -351,13 +385,22 @@ class Worker:
                                                       attempt=job.attempt, worker_id=self.worker_id,
                                                       error_message=reason), timeout=10.0)
         self._jobs.pop(job.message.id, None)
-        try:
-            await self.queue.push_front(queue_of(job.message.type), job.payload)
-            await self.queue.ack(self.worker_id, job.payload)
-        except QueueUnavailable as exc:
-            # The message stays in our processing list; the sweeper returns it when our heartbeat stops.
-            log.error("job %s: could not hand the message back: %s", job.message.id, exc)
+        await self._requeue(job.payload)
         self.stats.handed_back += 1
+
+    async def _requeue(self, payload: str) -> None:
+        """Put a message back at the front of its queue, then take it out of our processing list."""
+        try:
+            message = QueueMessage.model_validate_json(payload)
+        except ValidationError:
+            await self._ack(payload)
+            return
+        try:
+            await self.queue.push_front(queue_of(message.type), payload)
+            await self.queue.ack(self.worker_id, payload)
+        except QueueUnavailable as exc:
+            # It stays in our processing list: `_return_strays` gives it back (or the sweeper, if we stop).
+            log.error("job %s: could not give the message back: %s", message.id, exc)
 
     async def _ack(self, payload: str) -> None:
         try:

@@ -60,6 +60,10 @@ class Queue(Protocol):
 
     async def held(self, worker_id: str) -> list[str]: ...
 
+    def stashed(self, worker_id: str) -> list[str]:
+        """Messages a claim already moved into this worker's processing list, for a later claim to return."""
+        ...
+
     async def forget(self, worker_id: str) -> None:
         """Drop a dead worker's registration once its messages were dealt with."""
         ...
@@ -269,6 +273,9 @@ class RedisQueue:
 
     async def held(self, worker_id: str) -> list[str]:
         return [str(p) for p in await self._call(self._redis.lrange(keys.processing_list(worker_id), 0, -1))]
+
+    def stashed(self, worker_id: str) -> list[str]:
+        return list(self._stash.get(keys.processing_list(worker_id), []))
 
     async def forget(self, worker_id: str) -> None:
         # Only once the processing list is empty: a message still in it must not become unreachable.

@@ -121,6 +121,9 @@ class TableQueue:
             rows = await conn.execute(sa.select(qm.c.payload).where(qm.c.worker_id == worker_id).order_by(qm.c.id))
             return [str(r.payload) for r in rows]
 
+    def stashed(self, worker_id: str) -> list[str]:
+        return []  # a claim takes one row at a time
+
     async def forget(self, worker_id: str) -> None:
         async with self._engine.begin() as conn:
             held = (await conn.execute(sa.select(sa.func.count()).select_from(qm)

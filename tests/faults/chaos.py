@@ -339,10 +339,45 @@ async def running_workers(api: Api | Endpoint, checkpoints: Path, work_root: Pat
         finally:
             for worker in workers:
                 worker.request_stop()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+            await _stopped(workers, tasks)
+
+
+async def _stopped(workers: list[Any], tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait for stopped workers to end; one that outlives its grace period by a minute fails the test with
+    every coroutine's await chain, instead of hanging it until the test's timeout with nothing to go on."""
+    limit = max(w.settings.shutdown_grace_seconds for w in workers) + 60.0
+    _, pending = await asyncio.wait(tasks, timeout=limit)
+    if pending:
+        report = "\n".join([*(describe_worker(w) for w, t in zip(workers, tasks, strict=True) if t in pending),
+                            "", await_chains()])
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=10.0)
+        raise AssertionError(f"{len(pending)} worker(s) still running {limit:g} s after the stop:\n{report}")
+    for task in tasks:
+        error = task.exception()
+        if error is not None:
+            raise error
+
+
+def describe_worker(worker: Any) -> str:
+    jobs_ = {job_id: job.progress for job_id, job in worker._jobs.items()}
+    return (f"worker {worker.worker_id}: jobs(progress) {jobs_}, claiming {sorted(worker._claiming)}, "
+            f"tasks {len(worker._tasks)}, gpu_free {worker._gpu_free.is_set()}, child pid {worker.child.pid}")
+
+
+def await_chains() -> str:
+    """Every task of this loop, with the chain of coroutines it is suspended in (innermost last)."""
+    lines = []
+    for task in asyncio.all_tasks():
+        lines.append(f"task {task.get_name()}:")
+        coro: Any = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+            if frame is not None:
+                lines.append(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return "\n".join(lines)
 
 
 async def status_counts(engine: AsyncEngine) -> dict[str, int]:

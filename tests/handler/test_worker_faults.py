@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from worker_harness import SMALL, small_settings, wait_for_status, worker_settin
 from edge_api.settings import ApiSettings
 from handler.main import open_worker, run_worker
 from handler.settings import WorkerSettings
-from jobs.tables import assets, callback_receipts, credit_ledger
+from jobs.tables import assets, callback_receipts, credit_ledger, jobs
 
 pytestmark = pytest.mark.slow
 
@@ -163,21 +163,51 @@ async def test_an_upload_that_fails_twice_then_succeeds_completes_the_job(
     assert supabase.objects[("image_fast", job["metadata"]["primary_asset"])][1] == "image/png"
 
 
-def _flaky_api_proxy(target: str, refusals: int, seen: list[dict[str, str]]) -> Starlette:
-    """Forwards callbacks to the API, but answers 503 to the first `refusals` terminal callbacks."""
+def _is_terminal(body: bytes) -> bool:
+    return b'"status":"completed"' in body
+
+
+def _is_claim(body: bytes) -> bool:
+    return b'"status":"processing"' in body and b'"attempt"' not in body
+
+
+def _flaky_api_proxy(target: str, refusals: int, seen: list[dict[str, str]], *,
+                     refused: Callable[[bytes], bool] = _is_terminal, forward_refused: bool = False) -> Starlette:
+    """Forwards callbacks to the API, but answers 503 to the first `refusals` callbacks that `refused` picks
+    (after forwarding them anyway with `forward_refused`: the API acted, only its answer was lost)."""
+
+    async def post(request: Request, body: bytes) -> httpx.Response:
+        async with httpx.AsyncClient() as client:
+            return await client.post(target + request.url.path, content=body, headers=dict(request.headers))
 
     async def forward(request: Request) -> Response:
         body = await request.body()
-        terminal = b'"status":"completed"' in body
-        if terminal:
+        if refused(body):
             seen.append(dict(request.headers))
             if len(seen) <= refusals:
+                if forward_refused:
+                    await post(request, body)
                 return Response(status_code=503)
-        async with httpx.AsyncClient() as client:
-            answer = await client.post(target + request.url.path, content=body, headers=dict(request.headers))
+        answer = await post(request, body)
         return Response(answer.content, status_code=answer.status_code, media_type="application/json")
 
     return Starlette(routes=[Route("/api/job-callback", forward, methods=["POST"])])
+
+
+@contextlib.asynccontextmanager
+async def _serving(app: Starlette) -> AsyncIterator[str]:
+    """`app` under uvicorn on a free port for the block; yields its URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, port=port, log_level="warning"))
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
 
 
 async def test_a_callback_endpoint_down_for_a_while_still_receives_the_terminal_callback(
@@ -186,17 +216,61 @@ async def test_a_callback_endpoint_down_for_a_while_still_receives_the_terminal_
     await api.set_balance(user, 5)
     job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
     seen: list[dict[str, str]] = []
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(_flaky_api_proxy(api.url, 4, seen), port=port, log_level="warning"))
-    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
-    serving = asyncio.create_task(server.serve())
-    try:
-        settings = worker_settings(api, tiny_checkpoints, tmp_path / "work", api_url=f"http://127.0.0.1:{port}")
-        stats = await run_worker(settings, burst=True)
-    finally:
-        server.should_exit = True
-        await serving
+    async with _serving(_flaky_api_proxy(api.url, 4, seen)) as url:
+        stats = await run_worker(worker_settings(api, tiny_checkpoints, tmp_path / "work", api_url=url), burst=True)
     job = await wait_for_status(api, user, job_id, {"completed", "failed"}, timeout=5)
     assert job["status"] == "completed" and stats.completed == 1
     assert len(seen) == 5  # four refusals, then delivered
     assert len({headers["webhook-id"] for headers in seen}) == 1  # one callback, retried
+
+
+@pytest.mark.parametrize("claim_landed", [False, True], ids=["claim-lost", "answer-lost"])
+async def test_a_claim_never_answered_gives_the_message_back_and_the_job_completes_once(
+        small_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path, claim_landed: bool) -> None:
+    """The `processing` callback meets 503s past the callback deadline (an API whose database is away): the
+    worker must not keep the message in its processing list with nobody on it, where the sweeper counts it
+    as held. With `claim_landed` the API did claim the job and only its answers were lost."""
+    api = small_api
+    await api.set_balance(user, 5)
+    job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
+    seen: list[dict[str, str]] = []
+    proxy = _flaky_api_proxy(api.url, 8, seen, refused=_is_claim, forward_refused=claim_landed)
+    async with _serving(proxy) as url:
+        settings = worker_settings(api, tiny_checkpoints, tmp_path / "work", api_url=url,
+                                   callback_deadline_seconds=0.3)
+        stats = await run_worker(settings, burst=True)
+    job = await wait_for_status(api, user, job_id, {"completed", "failed"}, timeout=5)
+    assert job["status"] == "completed", job["error_message"]
+    assert stats.completed == 1
+    assert len(seen) > 8  # the claim was tried again after the refusals, in more than one delivery
+    assert len({headers["webhook-id"] for headers in seen}) > 1
+    assert await _attempts(api, job_id) == 1  # a claim that landed is taken up again by the same worker
+    assert await _ledger_sum(api, job_id) == -1
+    assert await api.state.queue.job_ids() == set()
+
+
+async def test_a_message_left_in_a_live_workers_processing_list_is_given_back_and_run(
+        small_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path) -> None:
+    """A message in the worker's own processing list that no task of it works on (an ack or a hand-back that
+    failed while Redis was away) goes back to its queue while the worker lives, and its job runs."""
+    api = small_api
+    await api.set_balance(user, 5)
+    job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
+    settings = worker_settings(api, tiny_checkpoints, tmp_path / "work", heartbeat_ttl_seconds=0.6)
+    stranded = await api.state.queue.claim(["sdxl_queue"], settings.worker_id, 1.0)
+    assert stranded is not None and job_id in stranded
+    async with open_worker(settings) as worker:
+        running = asyncio.create_task(worker.run())
+        try:
+            job = await wait_for_status(api, user, job_id, {"completed", "failed"}, timeout=60)
+        finally:
+            worker.request_stop()
+            stats = await running
+    assert job["status"] == "completed", job["error_message"]
+    assert stats.completed == 1
+    assert await api.state.queue.job_ids() == set()
+
+
+async def _attempts(api: Api, job_id: str) -> int:
+    async with api.state.engine.connect() as conn:
+        return int((await conn.execute(sa.select(jobs.c.attempts).where(jobs.c.id == uuid.UUID(job_id)))).scalar_one())
