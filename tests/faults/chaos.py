@@ -75,7 +75,19 @@ async def settle(engine: AsyncEngine, timeout: float = 600.0) -> None:
     async def done() -> bool:
         return await unfinished(engine) == 0
 
-    await wait_until(done, timeout, "jobs are still not terminal", every=0.25)
+    try:
+        await wait_until(done, timeout, "jobs are still not terminal", every=0.25)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}:\n{await describe_unfinished(engine)}") from None
+
+
+async def describe_unfinished(engine: AsyncEngine, limit: int = 20) -> str:
+    """The jobs that are not terminal, with what the sweeper looks at: for a failure message."""
+    columns = [jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.worker_id, jobs.c.progress, jobs.c.created_at,
+               jobs.c.enqueued_at, jobs.c.started_at, jobs.c.lease_until]
+    async with engine.connect() as conn:
+        rows = (await conn.execute(sa.select(*columns).where(jobs.c.status.not_in(TERMINAL)).limit(limit))).all()
+    return "\n".join(", ".join(f"{c.name}={v}" for c, v in zip(columns, row, strict=True)) for row in rows)
 
 
 # --- Processes: a worker or an API in a process of its own, to SIGKILL or SIGSTOP ---------------------
