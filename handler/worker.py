@@ -57,6 +57,7 @@ class WorkerStats:
     failed: int = 0
     handed_back: int = 0
     dropped: int = 0
+    returned: int = 0  # messages given back unrun: a claim never answered, or a stray in our processing list
     child_restarts: int = 0
     load_seconds: list[float] = field(default_factory=list)
 
@@ -190,6 +191,7 @@ class Worker:
                         job_id_of(payload))
             await self._requeue(payload)
             self._strays.discard(payload)
+            self.stats.returned += 1
 
     async def _dispatch(self) -> None:
         """Route the child's events to their jobs; restart the child when it dies."""
@@ -271,6 +273,7 @@ class Worker:
             # accepted again, another worker's is refused and the job's lease runs out.
             log.error("job %s: the claim was never answered (%s); giving the message back", message.id, exc)
             await self._requeue(payload)
+            self.stats.returned += 1
             return None
         finally:
             self._claiming.discard(message.id)

@@ -299,7 +299,8 @@ async def jobs_while_breaking(settings: ApiSettings, total: int, checkpoints: Pa
         user = uuid.uuid4()
         await api.set_balance(user, 3 * total)
         async with api_client(api) as client, running_workers(api, checkpoints, work_root, BREAKING_WORKERS,
-                                                              queues=["sdxl"], redis_url=settings.redis_url):
+                                                              queues=["sdxl"], redis_url=settings.redis_url
+                                                              ) as workers:
             submitter = Submitter(client, engine, user, commit_may_be_lost=commit_may_be_lost)
             submitted = asyncio.Event()
             breaking = asyncio.create_task(breaker(engine, submitted))
@@ -314,6 +315,7 @@ async def jobs_while_breaking(settings: ApiSettings, total: int, checkpoints: Pa
         figures = await audit(engine, api.state.catalog, starting_balances={user: 3 * total},
                               accepted=submitter.accepted.values())
     figures.wrongly_accepted = submitter.half_created + submitter.without_retry_after
+    figures.extra["messages_given_back"] = sum(w.stats.returned for w in workers)
     # Every submit gets a 200 or a 503 to retry; a 500 (or any other refusal) is a broken promise.
     figures.server_errors = sum(n for code, n in submitter.refusals.items() if code != 503)
     figures.lost += total - len(submitter.accepted)
