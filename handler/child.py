@@ -34,8 +34,11 @@ def child_main(conn: Connection, paths: ModelPaths, queues: list[str], device: s
                checkpoints_dir: Path | None = None) -> None:
     """The child's whole life: load, then serve `RunJob`s until `Shutdown` or the pipe closes."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s child %(levelname)s %(name)s: %(message)s")
-    # Ctrl-C in a terminal reaches the whole process group; the parent decides when the child stops.
+    # Ctrl-C in a terminal, or a SIGTERM sent to the whole process group, reaches the child too; the
+    # parent decides when it stops (a running job may finish within the grace period), and ends it with
+    # `Shutdown` or SIGKILL.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     send_lock = threading.Lock()
 
     def emit(event: ChildEvent) -> None:

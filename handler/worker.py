@@ -199,9 +199,13 @@ class Worker:
             try:
                 event = await self.child.next_event()
             except ChildDied as exc:
-                log.error("worker %s: %s; restarting it", self.worker_id, exc)
                 for running in self._jobs.values():
                     running.events.put_nowait(_Crashed())
+                if self._stopping.is_set():  # its jobs are handed back; no new model process to load
+                    log.warning("worker %s: %s while stopping", self.worker_id, exc)
+                    self._child_ready = False
+                    return
+                log.error("worker %s: %s; restarting it", self.worker_id, exc)
                 await self._restart_child()
                 continue
             owner = self._jobs.get(getattr(event, "job_id", ""))

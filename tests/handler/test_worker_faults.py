@@ -143,6 +143,31 @@ async def test_a_sigkilled_worker_loses_nothing_and_another_completes_the_job_ex
     assert await api.state.queue.job_ids() == set()
 
 
+async def test_sigterm_to_the_workers_process_group_lets_the_running_job_finish(
+        slow_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path) -> None:
+    """A stop signal for the whole group (a terminal's, or `kill -- -PGID`) reaches the model process too:
+    it must leave the stopping to the worker, which finishes the running job within its grace period."""
+    api = slow_api
+    await api.set_balance(user, 5)
+    job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
+    settings = worker_settings(api, tiny_checkpoints, tmp_path / "work", shutdown_grace_seconds=120.0)
+    with (tmp_path / "worker.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", "worker", "--queues", "sdxl", env=_worker_env(settings),
+            start_new_session=True, cwd=Path(__file__).parents[2], stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            await _wait_running(api, user, job_id)
+            os.killpg(process.pid, signal.SIGTERM)
+            code = await asyncio.wait_for(process.wait(), 120)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+    job = await wait_for_status(api, user, job_id, {"completed", "failed", "queued"}, timeout=5)
+    assert job["status"] == "completed" and job["attempts"] == 1, (tmp_path / "worker.log").read_text()[-2000:]
+    assert code == 0
+    assert await api.state.queue.job_ids() == set()
+
+
 async def test_an_upload_that_fails_twice_then_succeeds_completes_the_job(
         small_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path) -> None:
     api = small_api
