@@ -113,21 +113,31 @@ def _worker_env(settings: WorkerSettings) -> dict[str, str]:
     return env
 
 
+@contextlib.asynccontextmanager
+async def _worker_process(settings: WorkerSettings, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`python -m cli worker` in a session of its own (a signal to its group reaches its model process
+    too); whatever is left of the group is SIGKILLed when the block ends."""
+    with log.open("wb") as out:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", "worker", "--queues", "sdxl", env=_worker_env(settings),
+            start_new_session=True, cwd=Path(__file__).parents[2], stdout=subprocess.DEVNULL, stderr=out)
+        try:
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+
+
 async def test_a_sigkilled_worker_loses_nothing_and_another_completes_the_job_exactly_once(
         slow_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path) -> None:
     api = slow_api
     await api.set_balance(user, 5)
     job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
     doomed = worker_settings(api, tiny_checkpoints, tmp_path / "work1", heartbeat_ttl_seconds=1.0)
-    with (tmp_path / "worker1.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli", "worker", "--queues", "sdxl", env=_worker_env(doomed),
-            start_new_session=True, cwd=Path(__file__).parents[2], stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            await _wait_running(api, user, job_id)
-        finally:
-            os.killpg(process.pid, signal.SIGKILL)  # the worker and its child, mid-job
-            await process.wait()
+    async with _worker_process(doomed, tmp_path / "worker1.log") as process:
+        await _wait_running(api, user, job_id)
+        os.killpg(process.pid, signal.SIGKILL)  # the worker and its child, mid-job
 
     while doomed.worker_id not in await api.state.queue.dead_workers():
         await asyncio.sleep(0.1)  # its heartbeat has to expire first
@@ -151,17 +161,10 @@ async def test_sigterm_to_the_workers_process_group_lets_the_running_job_finish(
     await api.set_balance(user, 5)
     job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
     settings = worker_settings(api, tiny_checkpoints, tmp_path / "work", shutdown_grace_seconds=120.0)
-    with (tmp_path / "worker.log").open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli", "worker", "--queues", "sdxl", env=_worker_env(settings),
-            start_new_session=True, cwd=Path(__file__).parents[2], stdout=subprocess.DEVNULL, stderr=log)
-        try:
-            await _wait_running(api, user, job_id)
-            os.killpg(process.pid, signal.SIGTERM)
-            code = await asyncio.wait_for(process.wait(), 120)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+    async with _worker_process(settings, tmp_path / "worker.log") as process:
+        await _wait_running(api, user, job_id)
+        os.killpg(process.pid, signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 120)
     job = await wait_for_status(api, user, job_id, {"completed", "failed", "queued"}, timeout=5)
     assert job["status"] == "completed" and job["attempts"] == 1, (tmp_path / "worker.log").read_text()[-2000:]
     assert code == 0
