@@ -9,11 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,17 +20,15 @@ import httpx
 import sqlalchemy as sa
 from harness import JWT_SECRET, Api, serve_api
 from invariants import Figures, audit
+from processes import Proc, settings_env, start_process
 from proxy import TcpProxy
 from sqlalchemy.ext.asyncio import AsyncEngine
 from worker_harness import SMALL
 
 from edge_api.auth import mint_token
 from edge_api.settings import ApiSettings
-from handler.settings import WorkerSettings
 from jobs.status import JobStatus
 from jobs.tables import jobs
-
-ROOT = Path(__file__).resolve().parents[2]
 
 # SMALL's sizes and steps, with fewer SDXL images per job: the faults are the point, not the pixels.
 FAULT_CATALOG = {**SMALL, "sdxl_image_fast": {"width": 64, "height": 64, "num_outputs": 2},
@@ -90,69 +84,7 @@ async def describe_unfinished(engine: AsyncEngine, limit: int = 20) -> str:
     return "\n".join(", ".join(f"{c.name}={v}" for c, v in zip(columns, row, strict=True)) for row in rows)
 
 
-# --- Processes: a worker or an API in a process of its own, to SIGKILL or SIGSTOP ---------------------
-
-
-def settings_env(settings: WorkerSettings | ApiSettings) -> dict[str, str]:
-    """The OURVIDZ_* environment that makes a process read these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OURVIDZ_")}
-    for name, value in settings.model_dump(mode="json").items():
-        if value is None:
-            continue
-        if isinstance(value, list):
-            env[f"OURVIDZ_{name.upper()}"] = ",".join(str(v) for v in value)
-        elif isinstance(value, dict):
-            env[f"OURVIDZ_{name.upper()}"] = json.dumps(value)
-        else:
-            env[f"OURVIDZ_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
-
-
-@dataclass
-class Proc:
-    """A process started in a session of its own, so a signal reaches it and its children at once."""
-
-    process: asyncio.subprocess.Process
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def signal(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, sig)
-
-    async def kill(self) -> None:
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGKILL)
-        await self.process.wait()
-
-    async def stop(self, timeout: float = 60.0) -> None:
-        """SIGTERM, then SIGKILL if it has not ended in `timeout` seconds."""
-        if self.process.returncode is not None:
-            return
-        self.signal(signal.SIGCONT)
-        self.signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), timeout)
-        except TimeoutError:
-            await self.kill()
-
-
-async def start_process(args: list[str], env: dict[str, str], log: Path) -> Proc:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("ab") as out:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, *args, env=env, cwd=ROOT, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=out)
-    return Proc(process, log)
-
-
-async def start_worker(settings: WorkerSettings, log: Path) -> Proc:
-    """`python -m cli worker` with these settings."""
-    return await start_process(["-m", "cli", "worker", "--queues", ",".join(settings.queues)],
-                               settings_env(settings), log)
+# --- The API in a process of its own, to SIGKILL ------------------------------------------------------
 
 
 async def start_api(settings: ApiSettings, port: int, log: Path) -> Proc:

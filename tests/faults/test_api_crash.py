@@ -19,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
-from chaos import Endpoint, Proc, Submitter, running_workers, settle, start_api
+from chaos import Endpoint, Submitter, running_workers, settle, start_api
 from invariants import audit, record, scaled
+from processes import Proc
 from proxy import tcp_proxy
 from servers import RedisServer, free_port
 

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from chaos import LONGER_CATALOG, Proc, Submitter, api_client, eventually, served, settle, start_worker, wait_until
+from chaos import LONGER_CATALOG, Submitter, api_client, eventually, served, settle, wait_until
 from harness import Api
 from invariants import audit, record, scaled
+from processes import Proc, start_worker
 from worker_harness import worker_settings
 
 from edge_api.settings import ApiSettings

@@ -18,18 +18,17 @@ import pytest
 import sqlalchemy as sa
 from chaos import (
     LONGER_CATALOG,
-    Proc,
     Submitter,
     api_client,
     running_workers,
     served,
     settle,
-    start_worker,
     unfinished,
     wait_until,
 )
 from harness import Api
 from invariants import audit, record, scaled
+from processes import Proc, start_worker
 from worker_harness import worker_settings
 
 from edge_api.settings import ApiSettings

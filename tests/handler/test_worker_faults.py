@@ -7,8 +7,6 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,6 +18,7 @@ import sqlalchemy as sa
 import uvicorn
 from fake_supabase import KEY, error_body, running_fake
 from harness import Api, serve_api
+from processes import worker_process
 from servers import free_port
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -29,7 +28,6 @@ from worker_harness import SMALL, small_settings, wait_for_status, worker_settin
 
 from edge_api.settings import ApiSettings
 from handler.main import open_worker, run_worker
-from handler.settings import WorkerSettings
 from jobs.tables import assets, callback_receipts, credit_ledger, jobs
 
 pytestmark = pytest.mark.slow
@@ -103,41 +101,15 @@ async def test_killing_the_child_mid_job_reruns_or_fails_the_job_and_never_loses
             assert (await api.client.get("/api/jobs/" + job_id, headers=api.auth(user))).json()["assets"] == []
 
 
-def _worker_env(settings: WorkerSettings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OURVIDZ_")}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            continue
-        env[f"OURVIDZ_{name.upper()}"] = ",".join(value) if isinstance(value, list) else (
-            "{}" if isinstance(value, dict) else str(value))
-    return env
-
-
-@contextlib.asynccontextmanager
-async def _worker_process(settings: WorkerSettings, log: Path) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`python -m cli worker` in a session of its own (a signal to its group reaches its model process
-    too); whatever is left of the group is SIGKILLed when the block ends."""
-    with log.open("wb") as out:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli", "worker", "--queues", "sdxl", env=_worker_env(settings),
-            start_new_session=True, cwd=Path(__file__).parents[2], stdout=subprocess.DEVNULL, stderr=out)
-        try:
-            yield process
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            await process.wait()
-
-
 async def test_a_sigkilled_worker_loses_nothing_and_another_completes_the_job_exactly_once(
         slow_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path) -> None:
     api = slow_api
     await api.set_balance(user, 5)
     job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
-    doomed = worker_settings(api, tiny_checkpoints, tmp_path / "work1", heartbeat_ttl_seconds=1.0)
-    async with _worker_process(doomed, tmp_path / "worker1.log") as process:
+    doomed = worker_settings(api, tiny_checkpoints, tmp_path / "work1", heartbeat_ttl_seconds=1.0, queues=["sdxl"])
+    async with worker_process(doomed, tmp_path / "worker1.log") as process:
         await _wait_running(api, user, job_id)
-        os.killpg(process.pid, signal.SIGKILL)  # the worker and its child, mid-job
+        process.signal(signal.SIGKILL)  # the worker and its child, mid-job
 
     while doomed.worker_id not in await api.state.queue.dead_workers():
         await asyncio.sleep(0.1)  # its heartbeat has to expire first
@@ -160,11 +132,11 @@ async def test_sigterm_to_the_workers_process_group_lets_the_running_job_finish(
     api = slow_api
     await api.set_balance(user, 5)
     job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
-    settings = worker_settings(api, tiny_checkpoints, tmp_path / "work", shutdown_grace_seconds=120.0)
-    async with _worker_process(settings, tmp_path / "worker.log") as process:
+    settings = worker_settings(api, tiny_checkpoints, tmp_path / "work", shutdown_grace_seconds=120.0, queues=["sdxl"])
+    async with worker_process(settings, tmp_path / "worker.log") as process:
         await _wait_running(api, user, job_id)
-        os.killpg(process.pid, signal.SIGTERM)
-        code = await asyncio.wait_for(process.wait(), 120)
+        process.signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.process.wait(), 120)
     job = await wait_for_status(api, user, job_id, {"completed", "failed", "queued"}, timeout=5)
     assert job["status"] == "completed" and job["attempts"] == 1, (tmp_path / "worker.log").read_text()[-2000:]
     assert code == 0
