@@ -133,6 +133,11 @@ class RedisQueue:
         try:
             return await awaitable
         except (RedisError, OSError) as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py can turn a cancellation that lands mid-command into a connection error; a caller
+                # that retries on QueueUnavailable (a heartbeat loop) would then never stop.
+                raise asyncio.CancelledError from exc
             raise QueueUnavailable(f"redis: {exc}") from exc
 
     async def ping(self) -> None:

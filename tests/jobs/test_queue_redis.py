@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 from queue_contract import drain_concurrently
+from redis.exceptions import ConnectionError as RedisConnectionError
 from servers import free_port
 
 from jobs import keys
@@ -229,3 +230,15 @@ def test_job_id_of_reads_only_our_messages() -> None:
     assert job_id_of("not json") is None
     assert job_id_of("[1, 2]") is None
     assert job_id_of(json.dumps({"id": 5})) is None
+
+
+async def test_a_cancellation_turned_into_a_connection_error_still_cancels(queue: RedisQueue) -> None:
+    """A task cancelled mid-command whose Redis call ends in a connection error is cancelled, not told that the
+    queue is unavailable (a loop that retries on that would swallow its own cancellation)."""
+    async def cancelled_mid_command() -> None:
+        asyncio.current_task().cancel()  # type: ignore[union-attr]
+        raise RedisConnectionError("Connection closed by server.")
+
+    task = asyncio.create_task(queue._call(cancelled_mid_command()))
+    with pytest.raises(asyncio.CancelledError):
+        await task
