@@ -8,6 +8,7 @@ OOM, a segfault, a kill — the parent sees the pipe close, deals with the job, 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import multiprocessing
@@ -107,6 +108,11 @@ class ChildProcess:
         self.process = context.Process(target=child_main, args=(child_conn, *self._args), daemon=True,
                                        name="ourvidz-child")
         self.process.start()
+        # multiprocessing's own exit handler SIGTERMs daemonic children and then joins them; ours ignores
+        # SIGTERM (a group SIGTERM is the worker's to act on), so an interpreter that ends without `stop`
+        # (an exception out of the worker, a test that timed out) would wait for it forever. Ours runs
+        # first (atexit is last in, first out) and kills it.
+        atexit.register(self._kill_at_exit)
         child_conn.close()
         self._conn = parent_conn
         self._events = asyncio.Queue()
@@ -159,9 +165,15 @@ class ChildProcess:
         except (OSError, ValueError) as exc:
             raise ChildDied(f"cannot reach the model process: {exc}") from exc
 
+    def _kill_at_exit(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+
     async def stop(self, timeout: float = 10.0) -> None:
         if self.process is None:
             return
+        atexit.unregister(self._kill_at_exit)
         if self._conn is not None:
             with contextlib.suppress(OSError, ValueError):
                 self._conn.send(Shutdown())

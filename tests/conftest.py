@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from diagnostics import MARGIN_SECONDS, print_await_chains
 from harness import JWT_SECRET, Api, serve_api
 from servers import PostgresServer, RedisServer
 
@@ -20,6 +21,22 @@ from jobs.webhooks import new_secret
 
 __all__ = ["JWT_SECRET", "Api", "serve_api"]
 TEMPLATE_DB = "ourvidz_template"
+
+
+@pytest.fixture(autouse=True)
+async def _await_chains_before_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """A test that hangs shows where every task of the (shared) event loop waits, not only the threads'
+    stacks that pytest-timeout prints, which for an asyncio test are one idle `select`."""
+    marker = request.node.get_closest_marker("timeout")
+    configured = request.config.getoption("timeout", None) or request.config.getini("timeout") or 0
+    timeout = float(marker.args[0]) if marker and marker.args else float(configured)
+    handle = None
+    if timeout > MARGIN_SECONDS:
+        handle = asyncio.get_running_loop().call_later(timeout - MARGIN_SECONDS, print_await_chains,
+                                                       request.node.nodeid)
+    yield
+    if handle is not None:
+        handle.cancel()
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from diagnostics import await_chains
 from harness import JWT_SECRET, Api, serve_api
 from invariants import Figures, audit
 from processes import Proc, settings_env, start_process
@@ -310,20 +311,6 @@ def describe_worker(worker: Any) -> str:
     jobs_ = {job_id: job.progress for job_id, job in worker._jobs.items()}
     return (f"worker {worker.worker_id}: jobs(progress) {jobs_}, claiming {sorted(worker._claiming)}, "
             f"tasks {len(worker._tasks)}, gpu_free {worker._gpu_free.is_set()}, child pid {worker.child.pid}")
-
-
-def await_chains() -> str:
-    """Every task of this loop, with the chain of coroutines it is suspended in (innermost last)."""
-    lines = []
-    for task in asyncio.all_tasks():
-        lines.append(f"task {task.get_name()}:")
-        coro: Any = task.get_coro()
-        while coro is not None:
-            frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-            if frame is not None:
-                lines.append(f"    {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
-            coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    return "\n".join(lines)
 
 
 async def status_counts(engine: AsyncEngine) -> dict[str, int]:
