@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 from dataclasses import dataclass, field
 
@@ -16,6 +15,7 @@ from edge_api.metrics import Metrics
 from edge_api.settings import ApiSettings
 from edge_api.store import Store
 from edge_api.sweeper import Sweeper
+from jobs.cancel import cancel_and_wait
 from jobs.catalog import QUEUES, Catalog
 from jobs.db import create_sqlite_schema, is_sqlite, open_engine
 from jobs.queue import Queue, RedisQueue
@@ -42,10 +42,7 @@ class AppState:
 
     async def aclose(self) -> None:
         for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         await self.queue.aclose()
         await self.storage.aclose()
         await self.http.aclose()

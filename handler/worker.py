@@ -26,6 +26,7 @@ from handler.encoder import FileTooLarge
 from handler.events import ChildEvent, Enhanced, Finished, Generated, JobFailed, Progress
 from handler.settings import WorkerSettings
 from handler.uploader import Uploader
+from jobs.cancel import cancel_and_wait
 from jobs.catalog import queue_of
 from jobs.messages import JobCallback, QueueMessage
 from jobs.queue import Queue, QueueUnavailable, job_id_of
@@ -108,10 +109,7 @@ class Worker:
             await self._drain()
         finally:
             for task in background:
-                task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await cancel_and_wait(task)
             with contextlib.suppress(QueueUnavailable):
                 await self.queue.retire(self.worker_id)
             # A child still busy with a handed-back job would only finish it for nobody.

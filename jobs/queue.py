@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Iterable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 from jobs import keys
@@ -130,15 +131,29 @@ class RedisQueue:
         return cls(aioredis.Redis.from_pool(pool), queues)
 
     async def _call(self, awaitable: Awaitable[Any]) -> Any:
+        """One Redis round trip: its errors become QueueUnavailable, and a cancellation stays a cancellation.
+
+        redis-py can swallow a cancellation that lands mid-command: the command returns its reply, or raises
+        a connection error, as if nothing had happened. A loop that goes on after either (a heartbeat) then
+        never stops. A cancellation requested while the call ran, and not withdrawn, is raised here.
+        """
+        task = asyncio.current_task()
+        requested = task.cancelling() if task is not None else 0
         try:
-            return await awaitable
+            result = await awaitable
         except (RedisError, OSError) as exc:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # redis-py can turn a cancellation that lands mid-command into a connection error; a caller
-                # that retries on QueueUnavailable (a heartbeat loop) would then never stop.
+            if task is not None and task.cancelling() > requested:
                 raise asyncio.CancelledError from exc
             raise QueueUnavailable(f"redis: {exc}") from exc
+        if task is not None and task.cancelling() > requested:
+            raise asyncio.CancelledError
+        return result
+
+    @staticmethod
+    async def _execute(pipe: Pipeline) -> list[Any]:
+        # Run inside `_call` with its reset on exit, which returns the connection and awaits too.
+        async with pipe:
+            return await pipe.execute()
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())
@@ -234,11 +249,11 @@ class RedisQueue:
         for dead in between and re-queues the job it is about to run, burning one of the job's tries.
         """
         beat = self._beats.get(worker_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(keys.WORKERS, worker_id)
-            if beat is not None:
-                pipe.set(keys.heartbeat(worker_id), beat[0], px=beat[1], nx=True)
-            await self._call(pipe.execute())
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.sadd(keys.WORKERS, worker_id)
+        if beat is not None:
+            pipe.set(keys.heartbeat(worker_id), beat[0], px=beat[1], nx=True)
+        await self._call(self._execute(pipe))
 
     def _longest_block(self) -> float:
         """How long one blocking command may wait: well inside the client's socket timeout."""
@@ -256,10 +271,10 @@ class RedisQueue:
 
     async def heartbeat(self, worker_id: str, queues: list[str], ttl: float) -> None:
         self._beats[worker_id] = (",".join(queues), int(ttl * 1000))
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.sadd(keys.WORKERS, worker_id)
-            pipe.set(keys.heartbeat(worker_id), ",".join(queues), px=int(ttl * 1000))
-            await self._call(pipe.execute())
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.sadd(keys.WORKERS, worker_id)
+        pipe.set(keys.heartbeat(worker_id), ",".join(queues), px=int(ttl * 1000))
+        await self._call(self._execute(pipe))
 
     async def retire(self, worker_id: str) -> None:
         self._beats.pop(worker_id, None)
@@ -291,10 +306,10 @@ class RedisQueue:
         workers = sorted(await self._call(self._redis.smembers(keys.WORKERS)))
         lists = self._queues + [keys.processing_list(w) for w in workers]
         # MULTI makes the reads one instant: a message moving between two lists is seen exactly once.
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for name in lists:
-                pipe.lrange(name, 0, -1)
-            results = await self._call(pipe.execute())
+        pipe = self._redis.pipeline(transaction=True)
+        for name in lists:
+            pipe.lrange(name, 0, -1)
+        results = await self._call(self._execute(pipe))
         ids = {job_id_of(str(p)) for payloads in results for p in payloads}
         ids.discard(None)
         return {i for i in ids if i is not None}

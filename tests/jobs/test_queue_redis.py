@@ -242,3 +242,28 @@ async def test_a_cancellation_turned_into_a_connection_error_still_cancels(queue
     task = asyncio.create_task(queue._call(cancelled_mid_command()))
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_loop_of_redis_calls_cancelled_at_any_moment_always_ends(queue: RedisQueue) -> None:
+    """redis-py swallows some cancellations that land mid-command: the command returns as if none had come. A
+    worker's heartbeat loop cancelled that way went on beating, and the worker never finished stopping."""
+    async def heartbeat_loop() -> None:
+        while True:
+            await queue.heartbeat("w1", [SDXL_QUEUE], 3.0)  # a MULTI pipeline
+            await queue.held("w1")  # a plain command
+
+    still_running = []
+    for n in range(300):  # cancellations spread over the first 3 ms, where the commands are in flight
+        task = asyncio.create_task(heartbeat_loop())
+        await asyncio.sleep(n * 0.00001)
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=1.0)
+        if not done:
+            still_running.append(n)
+            if len(still_running) == 3:  # enough to show it; each one costs a second
+                break
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.1)
+        assert task.cancelled()
+    assert still_running == []
