@@ -337,7 +337,8 @@ class Worker:
 
     async def _keepalive(self, job: InFlight) -> None:
         """Extend the job's lease while a long step (a VAE decode, an upload) reports no progress."""
-        while True:
+        # Cancelled when the step ends; the check is for a cancellation that a library swallowed.
+        while self._jobs.get(job.message.id) is job:
             await asyncio.sleep(self.settings.keepalive_seconds)
             job.last_report = time.monotonic()
             await self._post_progress(job)
