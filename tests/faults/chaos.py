@@ -28,6 +28,7 @@ from worker_harness import SMALL
 
 from edge_api.auth import mint_token
 from edge_api.settings import ApiSettings
+from jobs.cancel import cancel_and_wait
 from jobs.status import JobStatus
 from jobs.tables import jobs
 
@@ -256,9 +257,11 @@ async def jobs_while_breaking(settings: ApiSettings, total: int, checkpoints: Pa
 
 
 async def stop_task(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    """`cancel_and_wait`, and a failure of the task fails the test."""
+    await cancel_and_wait(task)
+    error = None if task.cancelled() else task.exception()
+    if error is not None:
+        raise error
 
 
 @dataclass(frozen=True)
