@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import logging
 import multiprocessing
+import queue
 import signal
 import threading
 import traceback
@@ -20,7 +21,18 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from handler.events import ChildEvent, ChildFailed, ChildReady, Finished, JobFailed, RunJob, Shutdown
+from handler.errors import GenerationStopped
+from handler.events import (
+    ChildEvent,
+    ChildFailed,
+    ChildReady,
+    Finished,
+    JobFailed,
+    JobStopped,
+    RunJob,
+    Shutdown,
+    StopJob,
+)
 from handler.runner import JobRunner, ModelPaths
 from jobs.messages import QueueMessage
 
@@ -57,38 +69,88 @@ def child_main(conn: Connection, paths: ModelPaths, queues: list[str], device: s
         emit(ChildFailed(f"{type(exc).__name__}: {exc}"))
         return
     emit(ChildReady(runner.load_seconds))
+    inbox = _Inbox(conn)
+    threading.Thread(target=inbox.read, name="commands", daemon=True).start()
     try:
         while True:
-            try:
-                command = conn.recv()
-            except EOFError:
+            command = inbox.jobs.get()
+            if command is None:
                 break
-            if isinstance(command, Shutdown):
-                break
-            if isinstance(command, RunJob):
-                _run_one(runner, command, emit)
+            if not _run_one(runner, command, emit, inbox):
+                break  # out of memory: a fresh process is the only sure way back to a clean device
     finally:
         runner.close()
 
 
-def _run_one(runner: JobRunner, command: RunJob, emit: Any) -> None:
+class _Inbox:
+    """The parent's commands, read on a thread of their own so that a `StopJob` lands mid-generation."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self.jobs: queue.SimpleQueue[RunJob | None] = queue.SimpleQueue()
+        self._stops: set[str] = set()
+        self._lock = threading.Lock()
+
+    def read(self) -> None:
+        while True:
+            try:
+                command = self._conn.recv()
+            except (EOFError, OSError):
+                command = Shutdown()
+            if isinstance(command, StopJob):
+                with self._lock:
+                    self._stops.add(command.job_id)
+            elif isinstance(command, RunJob):
+                self.jobs.put(command)
+            elif isinstance(command, Shutdown):
+                self.jobs.put(None)
+                return
+
+    def stop_asked(self, job_id: str) -> bool:
+        with self._lock:
+            return job_id in self._stops
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._stops.discard(job_id)
+
+
+def _run_one(runner: JobRunner, command: RunJob, emit: Any, inbox: _Inbox) -> bool:
+    """Run one job; False when the process must end (the device ran out of memory)."""
     message = QueueMessage.model_validate_json(command.message_json)
+    job_id = message.id
     try:
-        future = runner.run(message, Path(command.work_dir), emit)
+        if inbox.stop_asked(job_id):
+            raise GenerationStopped("stopped before it started")
+        future = runner.run(message, Path(command.work_dir), emit, lambda: inbox.stop_asked(job_id))
+    except GenerationStopped:
+        log.info("job %s: generation stopped", job_id)
+        emit(JobStopped(job_id))
+        return True
     except Exception as exc:  # a failed generation fails this job, not the child
-        log.warning("job %s: generation failed: %s", message.id, traceback.format_exc(limit=3))
-        emit(JobFailed(message.id, f"generation failed: {type(exc).__name__}: {exc}"))
-        return
+        out_of_memory = _is_out_of_memory(exc)
+        log.warning("job %s: generation failed: %s", job_id, traceback.format_exc(limit=3))
+        emit(JobFailed(job_id, f"generation failed: {type(exc).__name__}: {exc}",
+                       kind="out_of_memory" if out_of_memory else "generation"))
+        return not out_of_memory
+    finally:
+        inbox.forget(job_id)
 
     def report(done: Future[Any]) -> None:
         try:
             files, metadata = done.result()
         except Exception as exc:  # an encoding failure fails this job
-            emit(JobFailed(message.id, f"encoding failed: {type(exc).__name__}: {exc}"))
+            emit(JobFailed(job_id, f"encoding failed: {type(exc).__name__}: {exc}", kind="encoding"))
             return
-        emit(Finished(message.id, files, metadata))
+        emit(Finished(job_id, files, metadata))
 
     future.add_done_callback(report)
+    return True
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """torch's `OutOfMemoryError` (CUDA, and MPS's "out of memory" RuntimeError), named without importing torch."""
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
 class ChildProcess:
@@ -102,7 +164,8 @@ class ChildProcess:
         self._conn: Connection | None = None
         self._reader: threading.Thread | None = None
 
-    async def start(self) -> ChildReady:
+    def spawn(self) -> None:
+        """Start the process; it loads its models meanwhile (`ready` waits for them)."""
         context = multiprocessing.get_context("spawn")
         parent_conn, child_conn = context.Pipe()
         self.process = context.Process(target=child_main, args=(child_conn, *self._args), daemon=True,
@@ -115,9 +178,14 @@ class ChildProcess:
         atexit.register(self._kill_at_exit)
         child_conn.close()
         self._conn = parent_conn
+        self._reader = None
+
+    async def ready(self) -> ChildReady:
+        """Listen on the running loop and wait until the models are loaded (the pipe keeps what came before)."""
+        assert self._conn is not None, "spawn() first"
         self._events = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        self._reader = threading.Thread(target=self._read, args=(parent_conn, loop, self._events), daemon=True)
+        self._reader = threading.Thread(target=self._read, args=(self._conn, loop, self._events), daemon=True)
         self._reader.start()
         first = await self.next_event()
         if isinstance(first, ChildFailed):
@@ -125,6 +193,14 @@ class ChildProcess:
         if not isinstance(first, ChildReady):
             raise RuntimeError(f"unexpected first event from the model process: {first!r}")
         return first
+
+    async def start(self) -> ChildReady:
+        self.spawn()
+        return await self.ready()
+
+    @property
+    def spawned(self) -> bool:
+        return self.process is not None
 
     @staticmethod
     def _read(conn: Connection, loop: asyncio.AbstractEventLoop, events: asyncio.Queue[ChildEvent | None]) -> None:
@@ -164,6 +240,12 @@ class ChildProcess:
             self._conn.send(RunJob(message_json, str(work_dir)))
         except (OSError, ValueError) as exc:
             raise ChildDied(f"cannot reach the model process: {exc}") from exc
+
+    def stop_job(self, job_id: str) -> None:
+        """Ask the running generation of `job_id` to end at its next step (it answers `JobStopped`)."""
+        if self._conn is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._conn.send(StopJob(job_id))
 
     def _kill_at_exit(self) -> None:
         if self.process is not None and self.process.is_alive():

@@ -19,6 +19,7 @@ import av
 import numpy as np
 from PIL import Image
 
+from handler.errors import JobFailure
 from jobs.catalog import MB, JobSpec, OutputKind
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ MP4_OPTIONS = {"crf": "18", "preset": "veryfast"}
 _T = TypeVar("_T")
 
 
-class FileTooLarge(Exception):
+class FileTooLarge(JobFailure):
     """An encoded file is over its bucket's limit: the job fails rather than upload a truncated file."""
 
     def __init__(self, name: str, size: int, limit: int) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from handler.encoder import encode_mp4, encode_png
+from handler.errors import GenerationStopped
 from handler.events import ChildEvent, Enhanced, Generated, OutputFile, Progress
 from jobs.catalog import SDXL_QUEUE, WAN_QUEUE
 from jobs.messages import MAX_SEED, QueueMessage
@@ -72,12 +73,19 @@ class JobRunner:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    def run(self, message: QueueMessage, work_dir: Path, emit: Emit) -> Future[tuple[list[OutputFile], dict[str, Any]]]:
-        """Generate now (emitting progress); return a future of the encoded files and the job's metadata."""
+    def run(self, message: QueueMessage, work_dir: Path, emit: Emit, should_stop: Callable[[], bool] = lambda: False
+            ) -> Future[tuple[list[OutputFile], dict[str, Any]]]:
+        """Generate now (emitting progress); return a future of the encoded files and the job's metadata.
+
+        `should_stop` is asked at every denoising step: when it says so, the generation ends there with
+        `GenerationStopped`, so a stopped job never runs on beside the next one.
+        """
         job_id = message.id
         started = time.perf_counter()
 
         def on_step(step: int, total: int) -> None:
+            if should_stop():
+                raise GenerationStopped(f"stopped at step {step} of {total}")
             emit(Progress(job_id, step, total))
 
         if message.type.startswith("sdxl") or message.model_variant == "lustify_sdxl":

@@ -1,91 +1,128 @@
-"""The same job runner as a RunPod serverless endpoint: the endpoint's input is the queue message.
+"""The worker as a RunPod serverless endpoint: the request's input is the queue message, run by the job lifecycle.
 
-`python -m handler.runpod_serverless` loads the models once, then `runpod.serverless.start` calls
-`handle` for each request. Progress goes to RunPod (`progress_update`) and, when an API URL is set,
-to the API as signed callbacks, exactly as the pull worker sends them.
+`python -m handler.runpod_serverless` spawns the model process (it loads while RunPod starts its job
+loop), then `runpod.serverless.start` calls `handle` for each request. A request runs the same lifecycle
+as the pull worker: claim by callback, keepalives and throttled progress (to the API and to RunPod),
+upload, the final callback. A RunPod stop (a `/cancel`, the execution timeout) cancels the handler's task:
+the generation is stopped at its next step, the job is handed back to the API (which dispatches it again),
+and only then does the handler return. The output names the bucket and paths of the files; a job that
+did not complete answers RunPod with `{"error": ...}`, its reason included.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import secrets
-import shutil
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
 
 from handler.callbacks import CallbackClient
-from handler.events import ChildEvent, Progress
+from handler.child import ChildProcess
+from handler.lifecycle import JobLifecycle, JobResult
 from handler.main import model_paths
-from handler.runner import JobRunner
+from handler.model_process import ModelProcess
 from handler.settings import WorkerSettings
 from handler.uploader import Uploader
-from jobs.messages import JobCallback, QueueMessage
-from jobs.status import JobStatus
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+ReportProgress = Callable[[dict[str, Any], Any], None]
 
 
-def make_handler(runner: JobRunner, settings: WorkerSettings, report: Callable[[dict[str, Any], str], None]
-                 ) -> Handler:
-    storage = settings.open_storage(secrets.token_hex(16))
-    uploader = Uploader(storage, settings.upload_attempts, settings.retry_base_seconds)
+class RequestSource:
+    """Messages from RunPod requests: nothing to acknowledge, nothing to push back. A job handed back is
+    `queued` in the API's store, which dispatches it to the endpoint again."""
 
-    async def handle(job: dict[str, Any]) -> dict[str, Any]:
-        message = QueueMessage.model_validate(job["input"])
-        async with httpx.AsyncClient() as http:
+    async def settle(self, payload: str) -> None:
+        return None
+
+    async def give_back(self, payload: str) -> None:
+        return None
+
+
+class ServerlessWorker:
+    """One model process and one job at a time, for as long as RunPod keeps the worker."""
+
+    def __init__(self, settings: WorkerSettings, report: ReportProgress) -> None:
+        self.settings = settings
+        self._report = report
+        self.child = ChildProcess(model_paths(settings), settings.queues, settings.device,
+                                  build=settings.build_checkpoints, checkpoints_dir=settings.checkpoints_dir)
+        self.models = ModelProcess(self.child)
+        self._lifecycle: JobLifecycle | None = None
+        self._one_at_a_time = asyncio.Lock()
+
+    def preload(self) -> None:
+        """Start loading the models before RunPod's loop starts (a request then waits only for the rest)."""
+        self.child.spawn()
+
+    async def _open(self) -> JobLifecycle:
+        # Opened on RunPod's event loop, at its first request: the HTTP client belongs to that loop.
+        if self._lifecycle is None:
+            settings = self.settings
+            http = httpx.AsyncClient()
             callbacks = CallbackClient(settings.callback_url, settings.callback_secret, http,
-                                       deadline=settings.callback_deadline_seconds)
-            claimed = await callbacks.deliver(JobCallback(job_id=message.id, status=JobStatus.PROCESSING,
-                                                          worker_id=settings.worker_id))
-            if not claimed.accepted:
-                return {"error": f"job not runnable: {claimed.body.get('error', claimed.status_code)}"}
-            return await _run(message, claimed.attempt, callbacks, job)
+                                       deadline=settings.serverless_callback_deadline_seconds,
+                                       base_delay=settings.retry_base_seconds)
+            storage = settings.open_storage(secrets.token_hex(16))
+            uploader = Uploader(storage, settings.upload_attempts, settings.retry_base_seconds)
+            await self.models.start()
+            self._lifecycle = JobLifecycle(settings, self.models, callbacks, uploader)
+        return self._lifecycle
 
-    async def _run(message: QueueMessage, attempt: int | None, callbacks: CallbackClient,
-                   job: dict[str, Any]) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
+    @property
+    def busy(self) -> bool:
+        return self._lifecycle is not None and bool(self._lifecycle.running)
 
-        def emit(event: ChildEvent) -> None:
-            if isinstance(event, Progress):
-                loop.call_soon_threadsafe(report, job, f"{int(90 * event.step / max(event.total, 1))}%")
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        async with self._one_at_a_time:
+            lifecycle = await self._open()
+            payload = json.dumps(request.get("input"))
+            result = await lifecycle.run(payload, RequestSource(), self._progress_reporter(request))
+        return output_of(result)
 
-        work_dir = settings.work_dir / message.id
-        try:
-            future = await asyncio.to_thread(runner.run, message, work_dir, emit)
-            files, metadata = await asyncio.wrap_future(future)
-            assets = await uploader.upload_all(message, files)
-        except Exception as exc:  # any failure of this job is reported as the job's failure
-            await callbacks.deliver(JobCallback(job_id=message.id, status=JobStatus.FAILED, attempt=attempt,
-                                                error_message=f"{type(exc).__name__}: {exc}"))
-            return {"error": str(exc)}
-        finally:
-            shutil.rmtree(work_dir, ignore_errors=True)
-        enhanced = metadata.pop("enhanced_prompt", None)
-        await callbacks.deliver(JobCallback(job_id=message.id, status=JobStatus.COMPLETED, assets=assets,
-                                            attempt=attempt, enhanced_prompt=enhanced, metadata=metadata))
-        paths = [a.url for a in assets]
-        return {"primary_asset": paths[0], "all_assets": paths, "enhanced_prompt": enhanced}
+    def _progress_reporter(self, request: dict[str, Any]) -> Callable[[int], None]:
+        interval = self.settings.progress_interval_seconds
+        last = 0.0
 
-    return handle
+        def report(progress: int) -> None:
+            nonlocal last
+            now = time.monotonic()
+            if now - last >= interval:  # the API's reports are throttled already; RunPod's get their own clock
+                last = now
+                self._report(request, f"{progress}%")
+
+        return report
+
+
+def output_of(result: JobResult) -> dict[str, Any]:
+    """RunPod's output: the files of a completed job; `{"error": ...}` for anything else."""
+    if result.action != "completed":
+        return {"error": f"{result.action}: {result.reason}", "job_id": result.job_id, "status": result.action}
+    paths = [asset.url for asset in result.assets]
+    return {"job_id": result.job_id, "status": "completed", "bucket": result.bucket, "primary_asset": paths[0],
+            "all_assets": paths, "assets": [asset.model_dump() for asset in result.assets],
+            "enhanced_prompt": result.enhanced_prompt}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="ourvidz as a RunPod serverless endpoint (input: a queue message).")
-    parser.add_argument("--queues", default="sdxl,wan", help="model families to load: sdxl, wan or both")
+    parser.add_argument("--queues", default=None, help="model families to load: sdxl, wan or both")
     args, _runpod_args = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO)
     import runpod
 
-    settings = WorkerSettings(queues=args.queues)
-    runner = JobRunner(model_paths(settings), settings.queues, settings.device)
-    handle = make_handler(runner, settings, runpod.serverless.progress_update)
-    runpod.serverless.start({"handler": handle})
+    settings = WorkerSettings() if args.queues is None else WorkerSettings(queues=args.queues)
+    worker = ServerlessWorker(settings, runpod.serverless.progress_update)
+    worker.preload()
+    runpod.serverless.start({"handler": worker.handle})
 
 
 if __name__ == "__main__":

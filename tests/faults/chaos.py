@@ -311,9 +311,10 @@ async def _stopped(workers: list[Any], tasks: list[asyncio.Task[Any]]) -> None:
 
 
 def describe_worker(worker: Any) -> str:
-    jobs_ = {job_id: job.progress for job_id, job in worker._jobs.items()}
-    return (f"worker {worker.worker_id}: jobs(progress) {jobs_}, claiming {sorted(worker._claiming)}, "
-            f"tasks {len(worker._tasks)}, gpu_free {worker._gpu_free.is_set()}, child pid {worker.child.pid}")
+    jobs_ = {job_id: (run.phase.value, run.progress) for job_id, run in worker.lifecycle.running.items()}
+    return (f"worker {worker.worker_id}: jobs(phase, progress) {jobs_}, tasks {len(worker._tasks)}, "
+            f"gpu_free {worker.lifecycle.gpu_free.is_set()}, model process {worker.models.state.value} "
+            f"pid {worker.child.pid}")
 
 
 async def status_counts(engine: AsyncEngine) -> dict[str, int]:

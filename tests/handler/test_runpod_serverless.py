@@ -1,47 +1,143 @@
-"""The RunPod serverless entry runs the same job runner: a queue message in, uploaded assets and callbacks out."""
+"""The serverless handler runs the job lifecycle in-process: a queue message in, callbacks and uploads out.
+
+The RunPod SDK calls `handle` and cancels its task on a stop; these tests do the same, without the SDK
+(tests/handler/test_runpod_tools.py drives the SDK's own tools).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Api
-from worker_harness import wait_for_status, worker_settings
+from harness import Api, serve_api
+from worker_harness import SMALL, small_settings, wait_for_status, worker_settings
 
-from handler.main import model_paths
-from handler.runner import JobRunner
-from handler.runpod_serverless import make_handler
-from jobs.catalog import WAN_QUEUE
+from edge_api.settings import ApiSettings
+from handler.runpod_serverless import ServerlessWorker
+from handler.settings import WorkerSettings
+from jobs.catalog import SDXL_QUEUE, WAN_QUEUE
 
 pytestmark = pytest.mark.slow
 
+SLOW_SDXL = {**SMALL, "sdxl_image_fast": {"width": 256, "height": 256, "steps": 30}}
+
+
+async def _taken(api: Api, queue: str) -> dict[str, Any]:
+    """The message RunPod would hand the endpoint: what a producer pushed, taken off the queue."""
+    payload = await api.state.queue.claim([queue], "runpod-test", timeout=1)
+    assert payload is not None
+    await api.state.queue.ack("runpod-test", payload)
+    message: dict[str, Any] = json.loads(payload)
+    return message
+
+
+@pytest.fixture
+async def serverless(tmp_path: Path) -> AsyncIterator[list[ServerlessWorker]]:
+    started: list[ServerlessWorker] = []
+    yield started
+    for worker in started:
+        await worker.models.stop(timeout=1)
+
+
+def _worker(settings: WorkerSettings, reports: list[str], started: list[ServerlessWorker]) -> ServerlessWorker:
+    worker = ServerlessWorker(settings, lambda request, progress: reports.append(progress))
+    started.append(worker)
+    return worker
+
 
 async def test_the_serverless_handler_completes_a_job_from_its_queue_message(
-        small_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path) -> None:
+        small_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path,
+        serverless: list[ServerlessWorker]) -> None:
     api = small_api
     await api.set_balance(user, 5)
     job_id = (await api.submit(user, "video_fast")).json()["job"]["id"]
-    # RunPod hands the endpoint the message a producer would have pushed: take it off the queue.
-    payload = await api.state.queue.claim([WAN_QUEUE], "runpod-test", timeout=1)
-    assert payload is not None
-    settings = worker_settings(api, tiny_checkpoints, tmp_path / "work", queues=["wan"])
-    runner = JobRunner(model_paths(settings), settings.queues, "cpu")
     reports: list[str] = []
+    worker = _worker(worker_settings(api, tiny_checkpoints, tmp_path / "work", queues=["wan"]), reports, serverless)
 
-    def report(job: dict[str, Any], progress: str) -> None:
-        assert job["id"] == "runpod-request-1"
-        reports.append(progress)
-
-    handle = make_handler(runner, settings, report)
-    try:
-        output = await handle({"id": "runpod-request-1", "input": json.loads(payload)})
-    finally:
-        runner.close()
+    output = await worker.handle({"id": "runpod-request-1", "input": await _taken(api, WAN_QUEUE)})
 
     job = await wait_for_status(api, user, job_id, {"completed", "failed"}, timeout=5)
     assert job["status"] == "completed", job["error_message"]
+    assert output["status"] == "completed" and output["bucket"] == "video_fast"
     assert output["primary_asset"] == job["metadata"]["primary_asset"] == output["all_assets"][0]
-    assert reports and reports[-1] == "90%"
+    assert reports and all(r.endswith("%") for r in reports)
+
+
+async def test_a_second_delivery_of_a_finished_job_is_refused_without_running(
+        small_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path,
+        serverless: list[ServerlessWorker]) -> None:
+    api = small_api
+    await api.set_balance(user, 5)
+    job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
+    message = await _taken(api, SDXL_QUEUE)
+    worker = _worker(worker_settings(api, tiny_checkpoints, tmp_path / "work", queues=["sdxl"]), [], serverless)
+    first = await worker.handle({"id": "delivery-1", "input": message})
+    assert first["status"] == "completed"
+
+    second = await worker.handle({"id": "delivery-2", "input": message})
+
+    assert second["status"] == "dropped" and "already completed" in second["error"]
+    job = await wait_for_status(api, user, job_id, {"completed"}, timeout=5)
+    assert job["attempts"] == 1 and len(job["assets"]) == 6
+    assert worker.models.restarts == 0
+
+
+@pytest.fixture
+async def short_lease_api(api_settings: ApiSettings) -> AsyncIterator[Api]:
+    settings = small_settings(api_settings, catalog_overrides=SLOW_SDXL, lease_seconds=1.5,
+                              sweep_interval_seconds=0.2)
+    async for harness in serve_api(settings):
+        yield harness
+
+
+async def test_a_job_longer_than_its_lease_completes_because_keepalives_extend_it(
+        short_lease_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path,
+        serverless: list[ServerlessWorker]) -> None:
+    api = short_lease_api
+    await api.set_balance(user, 5)
+    job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
+    settings = worker_settings(api, tiny_checkpoints, tmp_path / "work", queues=["sdxl"], keepalive_seconds=0.3,
+                               progress_interval_seconds=10.0)
+    worker = _worker(settings, [], serverless)
+    message = await _taken(api, SDXL_QUEUE)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    output = await worker.handle({"id": "long-1", "input": message})
+
+    assert loop.time() - started > 3 * 1.5, "the job must outlast several leases to test anything"
+    assert output["status"] == "completed", output
+    job = await wait_for_status(api, user, job_id, {"completed"}, timeout=5)
+    assert job["attempts"] == 1
+
+
+async def test_a_stop_mid_job_ends_the_generation_hands_the_job_back_and_it_then_runs_once(
+        short_lease_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path,
+        serverless: list[ServerlessWorker]) -> None:
+    api = short_lease_api
+    await api.set_balance(user, 5)
+    job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
+    worker = _worker(worker_settings(api, tiny_checkpoints, tmp_path / "work", queues=["sdxl"]), [], serverless)
+    message = await _taken(api, SDXL_QUEUE)
+    request = asyncio.create_task(worker.handle({"id": "stopped-1", "input": message}))
+    while (await api.client.get(f"/api/jobs/{job_id}", headers=api.auth(user))).json()["progress"] < 10:
+        await asyncio.sleep(0.05)
+
+    request.cancel()  # what the SDK does on a RunPod cancel or execution timeout
+    with pytest.raises(asyncio.CancelledError):
+        await request
+
+    # The generation has ended before the handler returned: the model process is free at once.
+    assert not worker.busy
+    job = (await api.client.get(f"/api/jobs/{job_id}", headers=api.auth(user))).json()
+    assert job["status"] == "queued" and job["attempts"] == 1
+    output = await worker.handle({"id": "again-1", "input": message})
+    assert output["status"] == "completed"
+    job = await wait_for_status(api, user, job_id, {"completed"}, timeout=5)
+    assert job["attempts"] == 2 and len(job["assets"]) == 6
+    assert worker.models.restarts == 0
