@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from edge_api.dispatch import Dispatcher
 from edge_api.store import Store
 from jobs.catalog import Catalog, JobSpec
 from jobs.db import StoreUnavailable, as_utc, utcnow
@@ -44,9 +45,13 @@ def _str_or_none(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-async def push_job(store: Store, queue: Queue, row: dict[str, Any], catalog: Catalog) -> int:
-    """Push the job's message, then record that it was pushed; returns the queue's depth."""
+async def push_job(store: Store, queue: Queue, row: dict[str, Any], catalog: Catalog,
+                   dispatcher: Dispatcher | None = None) -> int:
+    """Push the job's message (or dispatch it to its RunPod endpoint), then record that it was pushed;
+    returns the queue's depth."""
     message = build_message(row, catalog)
+    if dispatcher is not None and dispatcher.serves(row["queue"]):
+        return await dispatcher.dispatch(row, message)
     depth = await queue.push(row["queue"], message.model_dump_json())
     try:
         await store.mark_enqueued(row["id"])

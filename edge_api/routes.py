@@ -13,8 +13,9 @@ from pydantic import ValidationError
 
 from edge_api.deps import CurrentUser, State
 from edge_api.errors import ApiError, not_found, unauthorized
-from edge_api.submit import request_key, submit_job
+from edge_api.submit import queue_depth, request_key, submit_job
 from edge_api.views import asset_view, decode_cursor, encode_cursor, job_view, wait_seconds
+from jobs.catalog import QUEUES
 from jobs.db import as_utc
 from jobs.messages import (
     AssetPage,
@@ -91,6 +92,8 @@ async def cancel_job(job_id: str, user: CurrentUser, state: State) -> JobView:
         current = await state.store.get_job(key, user.id)
         status = current["status"] if current else "gone"
         raise ApiError(409, f"Job is {status}", "only a queued job can be canceled")
+    if state.dispatcher is not None:
+        await state.dispatcher.cancel(canceled)
     return await job_view(state, canceled)
 
 
@@ -136,10 +139,10 @@ async def queue_status(state: State) -> QueueStatus:
     healthy = True
     try:
         workers = len(await state.queue.live_workers())
-        depths = {q: await state.queue.depth(q) for q in ("sdxl_queue", "wan_queue")}
+        depths = {q: await queue_depth(state, q) for q in QUEUES}
     except QueueUnavailable:
         healthy, workers = False, 0
-        depths = {q: len(pending.get((q, "queued"), [])) for q in ("sdxl_queue", "wan_queue")}
+        depths = {q: len(pending.get((q, "queued"), [])) for q in QUEUES}
     queues = [QueueDepth(queue=q, depth=d, processing=len(pending.get((q, "processing"), [])),
                          estimated_wait_seconds=wait_seconds(pending.get((q, "queued"), []), state.catalog, workers))
               for q, d in depths.items()]

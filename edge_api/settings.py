@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from jobs.catalog import DEFAULT_CATALOG, Catalog
+from jobs.catalog import DEFAULT_CATALOG, QUEUES, Catalog
 from jobs.storage import StorageSettings
 
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret"}
@@ -49,8 +49,27 @@ class ApiSettings(StorageSettings):
     sweeper_enabled: bool = True
     catalog_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
+    # RunPod serverless: queues served by an endpoint instead of pull workers, e.g. {"wan_queue": "abc123"}
+    # (`wan` works too). The key stays here: workers never need it.
+    runpod_endpoints: dict[str, str] = Field(default_factory=dict)
+    runpod_api_key: str | None = None
+    runpod_api_url: str = "https://api.runpod.ai/v2"
+    # A processing job that reported nothing for this long has its RunPod job's status checked.
+    runpod_reconcile_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("runpod_endpoints", mode="after")
+    @classmethod
+    def _endpoint_queues(cls, value: dict[str, str]) -> dict[str, str]:
+        named = {(q if q.endswith("_queue") else f"{q}_queue"): e for q, e in value.items()}
+        unknown = [q for q in named if q not in QUEUES]
+        if unknown:
+            raise ValueError(f"OURVIDZ_RUNPOD_ENDPOINTS names unknown queues {unknown}; choose from {list(QUEUES)}")
+        return named
+
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_production(self) -> ApiSettings:
+        if self.runpod_endpoints and not self.runpod_api_key:
+            raise ValueError("OURVIDZ_RUNPOD_ENDPOINTS needs OURVIDZ_RUNPOD_API_KEY")
         if self.environment != "production":
             return self
         if self.callback_secret.lower() in _PLACEHOLDERS:

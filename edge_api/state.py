@@ -11,7 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from edge_api.auth import Authenticator, JwksCache
 from edge_api.callbacks import CallbackProcessor
+from edge_api.dispatch import Dispatcher
 from edge_api.metrics import Metrics
+from edge_api.runpod import RunPodClient
 from edge_api.settings import ApiSettings
 from edge_api.store import Store
 from edge_api.sweeper import Sweeper
@@ -36,6 +38,7 @@ class AppState:
     sweeper: Sweeper
     metrics: Metrics
     http: httpx.AsyncClient
+    dispatcher: Dispatcher | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # Counts that may be a moment old (queue depths, live workers): name → (count, monotonic time known).
     recent_counts: dict[str, tuple[int, float]] = field(default_factory=dict)
@@ -59,6 +62,12 @@ async def open_state(settings: ApiSettings) -> AppState:
     queue: Queue = (RedisQueue.from_url(settings.redis_url, QUEUES) if settings.redis_url
                     else TableQueue(engine))
     http = httpx.AsyncClient()
+    dispatcher = None
+    if settings.runpod_endpoints and settings.runpod_api_key:
+        dispatcher = Dispatcher(engine, RunPodClient(settings.runpod_api_key, http, settings.runpod_api_url),
+                                settings.runpod_endpoints, job_timeout=settings.job_timeout_seconds,
+                                queue_timeout=settings.queue_timeout_seconds,
+                                reconcile_after=settings.runpod_reconcile_seconds)
     jwks = JwksCache(settings.jwks_url, http, settings.jwks_cache_seconds) if settings.jwks_url else None
     return AppState(
         settings=settings, catalog=catalog, engine=engine, store=store, queue=queue,
@@ -68,6 +77,6 @@ async def open_state(settings: ApiSettings) -> AppState:
         callbacks=CallbackProcessor(engine, catalog, settings.lease_seconds),
         sweeper=Sweeper(engine, queue, catalog, job_timeout=settings.job_timeout_seconds,
                         queue_timeout=settings.queue_timeout_seconds, outbox_grace=settings.outbox_grace_seconds,
-                        interval=settings.sweep_interval_seconds, store=store),
-        metrics=Metrics(), http=http,
+                        interval=settings.sweep_interval_seconds, store=store, dispatcher=dispatcher),
+        metrics=Metrics(), http=http, dispatcher=dispatcher,
     )

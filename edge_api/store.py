@@ -33,7 +33,7 @@ def _charge_and_insert() -> sa.Insert:
              .values(token_balance=profiles.c.token_balance - sa.bindparam("p_price"))
              .returning(profiles.c.id).cte("debit"))
     columns = [c.name for c in jobs.c if c.name not in ("enqueued_at", "lease_until", "worker_id", "started_at",
-                                                        "completed_at", "error_message")]
+                                                        "completed_at", "error_message", "dispatch_id")]
     job_values = sa.select(*(sa.bindparam(f"p_{c}", type_=jobs.c[c].type) for c in columns)).select_from(debit)
     new_job = sa.insert(jobs).from_select(columns, job_values).returning(jobs.c.id, jobs.c.user_id).cte("new_job")
     charge = sa.select(new_job.c.user_id, new_job.c.id, sa.literal_column("'charge'"), -sa.bindparam("p_price"),

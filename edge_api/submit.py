@@ -79,7 +79,7 @@ async def _known_depth(state: AppState, queue: str) -> int:
     if known is not None and time.monotonic() - known[1] < DEPTH_TTL:
         return known[0]
     try:
-        depth = await state.queue.depth(queue)
+        depth = await queue_depth(state, queue)
     except QueueUnavailable as exc:
         raise unavailable(str(exc)) from exc
     state.recent_counts[queue] = (depth, time.monotonic())
@@ -113,16 +113,23 @@ async def submit_job(state: AppState, user: User, request: QueueJobRequest, key:
     )
 
 
+async def queue_depth(state: AppState, queue: str) -> int:
+    """The jobs waiting on a queue: its Redis list's length, or the queued rows of a dispatched queue."""
+    if state.dispatcher is not None and state.dispatcher.serves(queue):
+        return await state.dispatcher.depth(queue)
+    return await state.queue.depth(queue)
+
+
 async def _depth_or_zero(state: AppState, spec: JobSpec) -> int:
     try:
-        return await state.queue.depth(spec.queue)
+        return await queue_depth(state, spec.queue)
     except QueueUnavailable:
         return 0
 
 
 async def _push(state: AppState, row: Row) -> int:
     try:
-        depth = await push_job(state.store, state.queue, row, state.catalog)
+        depth = await push_job(state.store, state.queue, row, state.catalog, state.dispatcher)
         state.recent_counts[row["queue"]] = (depth, time.monotonic())
         return depth
     except QueueUnavailable as exc:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from edge_api import transitions
+from edge_api.dispatch import Dispatcher
 from edge_api.enqueue import push_job
 from edge_api.store import Store
 from edge_api.transitions import Row
@@ -33,7 +34,7 @@ LOCK_NAME = "sweeper"
 class Sweeper:
     def __init__(self, engine: AsyncEngine, queue: Queue, catalog: Catalog, *, job_timeout: float,
                  queue_timeout: float, outbox_grace: float, interval: float, owner: str | None = None,
-                 store: Store | None = None) -> None:
+                 store: Store | None = None, dispatcher: Dispatcher | None = None) -> None:
         self._engine = engine
         self._store = store or Store(engine)
         self._queue = queue
@@ -43,6 +44,13 @@ class Sweeper:
         self._grace = outbox_grace
         self._interval = interval
         self.owner = owner or f"api-{uuid.uuid4().hex[:12]}"
+        self._dispatcher = dispatcher
+
+    def _dispatched(self, row: Row) -> bool:
+        return self._dispatcher is not None and self._dispatcher.serves(row["queue"])
+
+    async def _push(self, row: Row) -> None:
+        await push_job(self._store, self._queue, row, self._catalog, self._dispatcher)
 
     async def run_forever(self) -> None:
         while True:
@@ -66,6 +74,7 @@ class Sweeper:
         await self._expire_leases()
         try:
             await self._repush_orphans()
+            await self._reconcile_dispatched()
         except QueueUnavailable as exc:
             log.warning("sweeper cannot reach the queue: %s", exc)
         return True
@@ -91,12 +100,17 @@ class Sweeper:
         async with self._engine.begin() as conn:
             overdue = (await conn.execute(sa.select(jobs.c.id, jobs.c.status)
                                           .where(sa.or_(running_too_long, waiting_too_long)))).all()
+            failed = []
             for job_id, status in overdue:
                 reason = (f"timed out after {self._job_timeout / 60:g} minutes" if status == "processing"
                           else f"no worker took the job within {self._queue_timeout / 60:g} minutes")
                 moved = await transitions.fail(conn, job_id, [JobStatus(status)], reason)
                 if moved is not None:
                     log.warning("job %s failed: %s", job_id, reason)
+                    failed.append(moved)
+        if self._dispatcher is not None:
+            for row in failed:
+                await self._dispatcher.cancel(row)
 
     async def _return_dead_workers(self) -> None:
         for worker_id in await self._queue.dead_workers():
@@ -112,7 +126,7 @@ class Sweeper:
                 row = await transitions.requeue_or_fail(conn, row, f"worker {worker_id} stopped") or row
         await self._queue.ack(worker_id, payload)
         if row is not None and row["status"] == JobStatus.QUEUED.value:
-            await push_job(self._store, self._queue, row, self._catalog)
+            await self._push(row)
             log.info("job %s handed back from dead worker %s", row["id"], worker_id)
 
     async def _load(self, job_id: str | None) -> Row | None:
@@ -138,12 +152,14 @@ class Sweeper:
             # list, where the orphan pass counts it as held. Take it back and queue the job anew
             # (a late ack of the hung worker then removes nothing).
             try:
-                if row["worker_id"] is not None:
+                if self._dispatcher is not None and self._dispatched(row):
+                    await self._dispatcher.cancel(row)  # a hung RunPod job would only be refused later
+                elif row["worker_id"] is not None:
                     for payload in await self._queue.held(row["worker_id"]):
                         if job_id_of(payload) == str(row["id"]):
                             await self._queue.ack(row["worker_id"], payload)
                 if moved["status"] == JobStatus.QUEUED.value:
-                    await push_job(self._store, self._queue, moved, self._catalog)
+                    await self._push(moved)
             except QueueUnavailable as exc:  # the orphan pass pushes it once the queue is back
                 log.warning("sweeper cannot reach the queue: %s", exc)
 
@@ -153,10 +169,30 @@ class Sweeper:
             jobs.c.enqueued_at.is_(None) & (jobs.c.created_at < cutoff), jobs.c.enqueued_at < cutoff))
         async with self._engine.connect() as conn:
             candidates = [dict(r) for r in (await conn.execute(query)).mappings()]
-        if not candidates:
+        dispatched = [row for row in candidates if self._dispatched(row)]
+        queued = [row for row in candidates if not self._dispatched(row)]
+        if self._dispatcher is not None:
+            for row in dispatched:
+                if await self._dispatcher.needs_dispatch(row):
+                    await self._push(row)
+                    log.info("job %s dispatched again: no RunPod job carries it", row["id"])
+        if not queued:
             return
         held = await self._queue.job_ids()
-        for row in candidates:
+        for row in queued:
             if str(row["id"]) not in held:
-                await push_job(self._store, self._queue, row, self._catalog)
+                await self._push(row)
                 log.info("job %s re-pushed: no queue held it", row["id"])
+
+    async def _reconcile_dispatched(self) -> None:
+        """Processing jobs whose RunPod job ended without a result get another try now, not at lease end."""
+        if self._dispatcher is None:
+            return
+        for row, job in await self._dispatcher.lost_runs():
+            moved = await self._dispatcher.requeue_lost(row, job)
+            if moved is None:
+                continue
+            log.warning("job %s: RunPod job %s ended %s without a result; now %s", row["id"], job.id, job.status,
+                        moved["status"])
+            if moved["status"] == JobStatus.QUEUED.value:
+                await self._push(moved)

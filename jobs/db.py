@@ -62,9 +62,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 async def create_sqlite_schema(engine: AsyncEngine) -> None:
-    """SQLite takes the tables straight from their definitions; Postgres takes the migrations."""
+    """SQLite takes the tables straight from their definitions; Postgres takes the migrations.
+
+    A data folder made by an earlier version gets the nullable columns added since (`ALTER TABLE … ADD
+    COLUMN`), so an upgrade keeps every job, file and balance.
+    """
     async with engine.begin() as conn:
         await conn.run_sync(metadata.create_all)
+        await conn.run_sync(_add_missing_columns)
+
+
+def _add_missing_columns(conn: sa.Connection) -> None:
+    inspector = sa.inspect(conn)
+    for table in metadata.sorted_tables:
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present and column.nullable:
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(sa.text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'))
 
 
 def utcnow() -> datetime:

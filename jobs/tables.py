@@ -54,6 +54,8 @@ jobs = sa.Table(
     sa.Column("idempotency_key", sa.Text),
     sa.Column("request_hash", sa.Text),
     sa.Column("updated_at", TS, nullable=False, server_default=sa.func.now()),
+    # The RunPod job that carries this job, when its queue is dispatched to a serverless endpoint.
+    sa.Column("dispatch_id", sa.Text),
     sa.CheckConstraint(
         "status in ('queued', 'processing', 'completed', 'failed', 'canceled')", name="jobs_status_check"
     ),

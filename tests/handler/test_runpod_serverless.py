@@ -89,7 +89,7 @@ async def test_a_second_delivery_of_a_finished_job_is_refused_without_running(
 
 @pytest.fixture
 async def short_lease_api(api_settings: ApiSettings) -> AsyncIterator[Api]:
-    settings = small_settings(api_settings, catalog_overrides=SLOW_SDXL, lease_seconds=1.5,
+    settings = small_settings(api_settings, catalog_overrides=SLOW_SDXL, lease_seconds=1.5, sweeper_enabled=True,
                               sweep_interval_seconds=0.2)
     async for harness in serve_api(settings):
         yield harness
