@@ -1,11 +1,13 @@
 # The ourvidz GPU worker image, for RunPod (a pod pulling from Redis by default, or a serverless endpoint).
 #   docker build -t ourvidz-worker .                      # weights mounted at /models at run time
 #   docker build --build-arg BAKE_WEIGHTS=1 -t ourvidz-worker .   # weights baked into the image
-# Serverless: set the container command to  python -m handler.runpod_serverless
+# Serverless (docs/production.md §5.1): set the container command to  python -m handler.runpod_serverless
+#   and OURVIDZ_CHECKPOINTS_DIR to the network volume, e.g. /runpod-volume/ourvidz/models.
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    OURVIDZ_CHECKPOINTS_DIR=/models OURVIDZ_WORK_DIR=/tmp/ourvidz HF_HOME=/models/.hf
+    OURVIDZ_CHECKPOINTS_DIR=/models OURVIDZ_WORK_DIR=/tmp/ourvidz HF_HOME=/models/.hf \
+    RUNPOD_LOG_LEVEL=WARN
 
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv python3-pip ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
