@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from edge_api import transitions
-from edge_api.runpod import RunPodClient, RunPodError, RunPodJob
+from edge_api.runpod import IN_PROGRESS, RunPodClient, RunPodError, RunPodJob
 from edge_api.transitions import Row
 from jobs.db import as_utc, utcnow
 from jobs.messages import QueueMessage
@@ -44,13 +44,14 @@ EXECUTION_MARGIN_MS = 60_000
 
 class Dispatcher:
     def __init__(self, engine: AsyncEngine, client: RunPodClient, endpoints: dict[str, str], *,
-                 job_timeout: float, queue_timeout: float, reconcile_after: float) -> None:
+                 job_timeout: float, queue_timeout: float, reconcile_after: float, start_timeout: float) -> None:
         self._engine = engine
         self._client = client
         self.endpoints = dict(endpoints)
         self._job_timeout = job_timeout
         self._queue_timeout = queue_timeout
         self._reconcile_after = reconcile_after
+        self._start_timeout = start_timeout
 
     def serves(self, queue: str) -> bool:
         return queue in self.endpoints
@@ -99,11 +100,22 @@ class Dispatcher:
             return None
 
     async def needs_dispatch(self, row: Row) -> bool:
-        """A queued job of a dispatched queue whose RunPod job will never claim it."""
+        """A queued job of a dispatched queue whose RunPod job will never claim it: ended, forgotten, or taken
+        by a worker that has not claimed it within `start_timeout` (it died loading its models)."""
         if row["dispatch_id"] is None or row["enqueued_at"] is None:
             return True  # never dispatched, or handed back since
         job = await self.status(row)
-        return job is not None and job.ended
+        if job is None:
+            return False
+        if job.status in (IN_PROGRESS, "RUNNING"):
+            enqueued = as_utc(row["enqueued_at"])
+            assert enqueued is not None
+            if (utcnow() - enqueued).total_seconds() > self._start_timeout:
+                log.warning("job %s: RunPod job %s in progress for over %.0f s without a claim; dispatching again",
+                            row["id"], job.id, self._start_timeout)
+                await self.cancel(row)
+                return True
+        return job.ended
 
     async def lost_runs(self) -> list[tuple[Row, RunPodJob]]:
         """Processing jobs that reported nothing for a while and whose RunPod job has ended."""

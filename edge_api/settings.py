@@ -56,6 +56,9 @@ class ApiSettings(StorageSettings):
     runpod_api_url: str = "https://api.runpod.ai/v2"
     # A processing job that reported nothing for this long has its RunPod job's status checked.
     runpod_reconcile_seconds: float = Field(default=30.0, gt=0)
+    # A RunPod job taken by a worker that has not claimed its job after this long (a cold start loads the
+    # models first) is canceled and the job dispatched again: that worker died before it could claim.
+    runpod_start_timeout_seconds: float = Field(default=600.0, gt=0)
 
     @field_validator("runpod_endpoints", mode="after")
     @classmethod

@@ -67,7 +67,8 @@ async def open_state(settings: ApiSettings) -> AppState:
         dispatcher = Dispatcher(engine, RunPodClient(settings.runpod_api_key, http, settings.runpod_api_url),
                                 settings.runpod_endpoints, job_timeout=settings.job_timeout_seconds,
                                 queue_timeout=settings.queue_timeout_seconds,
-                                reconcile_after=settings.runpod_reconcile_seconds)
+                                reconcile_after=settings.runpod_reconcile_seconds,
+                                start_timeout=settings.runpod_start_timeout_seconds)
     jwks = JwksCache(settings.jwks_url, http, settings.jwks_cache_seconds) if settings.jwks_url else None
     return AppState(
         settings=settings, catalog=catalog, engine=engine, store=store, queue=queue,

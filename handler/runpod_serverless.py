@@ -24,6 +24,7 @@ import httpx
 
 from handler.callbacks import CallbackClient
 from handler.child import ChildProcess
+from handler.errors import ModelsUnavailable
 from handler.lifecycle import JobLifecycle, JobResult
 from handler.main import model_paths
 from handler.model_process import ModelProcess
@@ -57,6 +58,7 @@ class ServerlessWorker:
                                   build=settings.build_checkpoints, checkpoints_dir=settings.checkpoints_dir)
         self.models = ModelProcess(self.child)
         self._lifecycle: JobLifecycle | None = None
+        self._loading: asyncio.Future[JobLifecycle] | None = None
         self._one_at_a_time = asyncio.Lock()
 
     def preload(self) -> None:
@@ -64,17 +66,23 @@ class ServerlessWorker:
         self.child.spawn()
 
     async def _open(self) -> JobLifecycle:
+        """The lifecycle, once the models are loaded. The load runs in a task of its own, shielded: a request
+        stopped while it waits must not cancel a load that the next request needs."""
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(self._load())
+        return await asyncio.shield(self._loading)
+
+    async def _load(self) -> JobLifecycle:
         # Opened on RunPod's event loop, at its first request: the HTTP client belongs to that loop.
-        if self._lifecycle is None:
-            settings = self.settings
-            http = httpx.AsyncClient()
-            callbacks = CallbackClient(settings.callback_url, settings.callback_secret, http,
-                                       deadline=settings.serverless_callback_deadline_seconds,
-                                       base_delay=settings.retry_base_seconds)
-            storage = settings.open_storage(secrets.token_hex(16))
-            uploader = Uploader(storage, settings.upload_attempts, settings.retry_base_seconds)
-            await self.models.start()
-            self._lifecycle = JobLifecycle(settings, self.models, callbacks, uploader)
+        settings = self.settings
+        http = httpx.AsyncClient()
+        callbacks = CallbackClient(settings.callback_url, settings.callback_secret, http,
+                                   deadline=settings.serverless_callback_deadline_seconds,
+                                   base_delay=settings.retry_base_seconds)
+        storage = settings.open_storage(secrets.token_hex(16))
+        uploader = Uploader(storage, settings.upload_attempts, settings.retry_base_seconds)
+        await self.models.start()
+        self._lifecycle = JobLifecycle(settings, self.models, callbacks, uploader)
         return self._lifecycle
 
     @property
@@ -83,9 +91,17 @@ class ServerlessWorker:
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         async with self._one_at_a_time:
-            lifecycle = await self._open()
+            try:
+                lifecycle = await self._open()
+            except ModelsUnavailable as exc:
+                # The job was never claimed: the API dispatches it again. This worker is of no use: RunPod
+                # is asked to replace it rather than send it more jobs.
+                log.error("the models cannot be loaded: %s", exc)
+                return {"error": f"models unavailable: {exc}", "status": "unavailable", "refresh_worker": True}
             payload = json.dumps(request.get("input"))
             result = await lifecycle.run(payload, RequestSource(), self._progress_reporter(request))
+            if result.stop_worker:
+                return {**output_of(result), "refresh_worker": True}
         return output_of(result)
 
     def _progress_reporter(self, request: dict[str, Any]) -> Callable[[int], None]:

@@ -54,6 +54,11 @@ class FakeRunPod:
     stops: set[str] = field(default_factory=set)
     pings: int = 0
     forgotten: set[str] = field(default_factory=set)
+    retried: int = 0
+    # A worker silent (no job-take, job-stop, job-done or ping) for this long is dead: RunPod puts its jobs
+    # in progress back in the queue, as it retries the requests of a worker that failed.
+    worker_silence: float = 5.0
+    _heard: dict[str, float] = field(default_factory=dict)
 
     def env(self, worker_id: str = "pod-1") -> dict[str, str]:
         """What RunPod sets in a serverless worker's environment, pointed at this fake."""
@@ -161,7 +166,17 @@ class FakeRunPod:
 
     # --- the worker's side ---------------------------------------------------------------------------
 
+    def _hear(self, worker: str) -> None:
+        now = time.monotonic()
+        self._heard[worker] = now
+        for job in self.jobs.values():
+            heard = self._heard.get(job.worker or "", now)
+            if job.status == "IN_PROGRESS" and now - heard > self.worker_silence:
+                job.status, job.worker, job.started = "IN_QUEUE", None, None
+                self.retried += 1
+
     async def job_take(self, request: Request) -> Response:
+        self._hear(request.path_params["worker"])
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             for job in self.jobs.values():
@@ -172,6 +187,7 @@ class FakeRunPod:
         return Response(status_code=204)
 
     async def job_stop(self, request: Request) -> Response:
+        self._hear(request.path_params["worker"])
         deadline = time.monotonic() + 1.0
         while time.monotonic() < deadline:
             for job in self.jobs.values():
@@ -183,6 +199,7 @@ class FakeRunPod:
         return Response(status_code=204)
 
     async def job_done(self, request: Request) -> Response:
+        self._hear(request.path_params["worker"])
         job = self.jobs.get(request.path_params["job"])
         result = json.loads(await request.body())
         if job is None:
@@ -195,6 +212,7 @@ class FakeRunPod:
         return JSONResponse({})
 
     async def ping(self, request: Request) -> Response:
+        self._hear(request.path_params["worker"])
         self.pings += 1
         return JSONResponse({})
 

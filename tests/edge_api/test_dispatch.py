@@ -27,7 +27,7 @@ def dispatched_settings(settings: ApiSettings, runpod: FakeRunPod, **changes: An
     return settings.model_copy(update={
         "runpod_endpoints": {"wan_queue": ENDPOINT}, "runpod_api_key": API_KEY,
         "runpod_api_url": f"{runpod.url}/v2", "sweeper_enabled": False, "outbox_grace_seconds": 0.0,
-        "runpod_reconcile_seconds": 0.05, **changes})
+        "runpod_reconcile_seconds": 0.05, "runpod_start_timeout_seconds": 600.0, **changes})
 
 
 @pytest.fixture
@@ -170,3 +170,17 @@ def test_endpoints_need_the_api_key_and_name_real_queues(api_settings: ApiSettin
         ApiSettings(**{**api_settings.model_dump(), "runpod_endpoints": {"flux": "x"}, "runpod_api_key": "k"})
     named = ApiSettings(**{**api_settings.model_dump(), "runpod_endpoints": {"wan": "x"}, "runpod_api_key": "k"})
     assert named.runpod_endpoints == {"wan_queue": "x"}
+
+
+async def test_a_job_taken_by_a_worker_that_never_claims_it_is_dispatched_again(
+        api_settings: ApiSettings, runpod: FakeRunPod, user: uuid.UUID) -> None:
+    async for api in serve_api(dispatched_settings(api_settings, runpod, runpod_start_timeout_seconds=0.05)):
+        await api.set_balance(user, 5)
+        job_id = await api.submitted(user, "image_fast")
+        first = (await api.job_row(job_id))["dispatch_id"]
+        runpod.jobs[first].status = "IN_PROGRESS"  # taken by a worker that died loading its models
+        await asyncio.sleep(0.1)
+        assert await api.state.sweeper.sweep()
+        row = await api.job_row(job_id)
+        assert row["status"] == "queued" and row["dispatch_id"] != first
+        assert runpod.jobs[first].status == "CANCELLED"

@@ -141,3 +141,24 @@ async def test_a_stop_mid_job_ends_the_generation_hands_the_job_back_and_it_then
     job = await wait_for_status(api, user, job_id, {"completed"}, timeout=5)
     assert job["attempts"] == 2 and len(job["assets"]) == 6
     assert worker.models.restarts == 0
+
+
+async def test_a_request_stopped_while_the_models_load_leaves_the_load_to_the_next_request(
+        small_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path,
+        serverless: list[ServerlessWorker]) -> None:
+    api = small_api
+    await api.set_balance(user, 5)
+    job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
+    worker = _worker(worker_settings(api, tiny_checkpoints, tmp_path / "work", queues=["sdxl"]), [], serverless)
+    message = await _taken(api, SDXL_QUEUE)
+    first = asyncio.create_task(worker.handle({"id": "early-stop", "input": message}))
+    await asyncio.sleep(0.2)  # the model process is still loading
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+
+    output = await asyncio.wait_for(worker.handle({"id": "next", "input": message}), 120)
+
+    assert output["status"] == "completed", output
+    job = await wait_for_status(api, user, job_id, {"completed"}, timeout=5)
+    assert job["attempts"] == 1
