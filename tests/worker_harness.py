@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -51,3 +52,12 @@ async def wait_for_status(api: Api, user: uuid.UUID, job_id: str, statuses: set[
         if loop.time() > deadline:
             raise AssertionError(f"job {job_id} still {job.get('status')} after {timeout} s")
         await asyncio.sleep(0.05)
+
+
+async def take_message(api: Api, queue: str) -> dict[str, Any]:
+    """The message a RunPod endpoint would be handed: what the API pushed, taken off its queue."""
+    payload = await api.state.queue.claim([queue], "runpod-test", timeout=1)
+    assert payload is not None
+    await api.state.queue.ack("runpod-test", payload)
+    message: dict[str, Any] = json.loads(payload)
+    return message

@@ -7,15 +7,13 @@ The RunPod SDK calls `handle` and cancels its task on a stop; these tests do the
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from harness import Api, serve_api
-from worker_harness import SMALL, small_settings, wait_for_status, worker_settings
+from worker_harness import SMALL, small_settings, take_message, wait_for_status, worker_settings
 
 from edge_api.settings import ApiSettings
 from handler.runpod_serverless import ServerlessWorker
@@ -25,15 +23,6 @@ from jobs.catalog import SDXL_QUEUE, WAN_QUEUE
 pytestmark = pytest.mark.slow
 
 SLOW_SDXL = {**SMALL, "sdxl_image_fast": {"width": 256, "height": 256, "steps": 30}}
-
-
-async def _taken(api: Api, queue: str) -> dict[str, Any]:
-    """The message RunPod would hand the endpoint: what a producer pushed, taken off the queue."""
-    payload = await api.state.queue.claim([queue], "runpod-test", timeout=1)
-    assert payload is not None
-    await api.state.queue.ack("runpod-test", payload)
-    message: dict[str, Any] = json.loads(payload)
-    return message
 
 
 @pytest.fixture
@@ -59,7 +48,7 @@ async def test_the_serverless_handler_completes_a_job_from_its_queue_message(
     reports: list[str] = []
     worker = _worker(worker_settings(api, tiny_checkpoints, tmp_path / "work", queues=["wan"]), reports, serverless)
 
-    output = await worker.handle({"id": "runpod-request-1", "input": await _taken(api, WAN_QUEUE)})
+    output = await worker.handle({"id": "runpod-request-1", "input": await take_message(api, WAN_QUEUE)})
 
     job = await wait_for_status(api, user, job_id, {"completed", "failed"}, timeout=5)
     assert job["status"] == "completed", job["error_message"]
@@ -74,7 +63,7 @@ async def test_a_second_delivery_of_a_finished_job_is_refused_without_running(
     api = small_api
     await api.set_balance(user, 5)
     job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
-    message = await _taken(api, SDXL_QUEUE)
+    message = await take_message(api, SDXL_QUEUE)
     worker = _worker(worker_settings(api, tiny_checkpoints, tmp_path / "work", queues=["sdxl"]), [], serverless)
     first = await worker.handle({"id": "delivery-1", "input": message})
     assert first["status"] == "completed"
@@ -104,7 +93,7 @@ async def test_a_job_longer_than_its_lease_completes_because_keepalives_extend_i
     settings = worker_settings(api, tiny_checkpoints, tmp_path / "work", queues=["sdxl"], keepalive_seconds=0.3,
                                progress_interval_seconds=10.0)
     worker = _worker(settings, [], serverless)
-    message = await _taken(api, SDXL_QUEUE)
+    message = await take_message(api, SDXL_QUEUE)
     loop = asyncio.get_running_loop()
     started = loop.time()
 
@@ -123,7 +112,7 @@ async def test_a_stop_mid_job_ends_the_generation_hands_the_job_back_and_it_then
     await api.set_balance(user, 5)
     job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
     worker = _worker(worker_settings(api, tiny_checkpoints, tmp_path / "work", queues=["sdxl"]), [], serverless)
-    message = await _taken(api, SDXL_QUEUE)
+    message = await take_message(api, SDXL_QUEUE)
     request = asyncio.create_task(worker.handle({"id": "stopped-1", "input": message}))
     while (await api.client.get(f"/api/jobs/{job_id}", headers=api.auth(user))).json()["progress"] < 10:
         await asyncio.sleep(0.05)
@@ -150,7 +139,7 @@ async def test_a_request_stopped_while_the_models_load_leaves_the_load_to_the_ne
     await api.set_balance(user, 5)
     job_id = (await api.submit(user, "sdxl_image_fast")).json()["job"]["id"]
     worker = _worker(worker_settings(api, tiny_checkpoints, tmp_path / "work", queues=["sdxl"]), [], serverless)
-    message = await _taken(api, SDXL_QUEUE)
+    message = await take_message(api, SDXL_QUEUE)
     first = asyncio.create_task(worker.handle({"id": "early-stop", "input": message}))
     await asyncio.sleep(0.2)  # the model process is still loading
     first.cancel()

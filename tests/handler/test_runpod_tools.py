@@ -11,7 +11,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +18,7 @@ from fake_runpod import API_KEY, ENDPOINT, FakeRunPod, running_runpod
 from harness import Api, serve_api
 from processes import Proc, settings_env, start_process
 from servers import free_port
-from worker_harness import SMALL, small_settings, wait_for_status, worker_settings
+from worker_harness import SMALL, small_settings, take_message, wait_for_status, worker_settings
 
 from edge_api.settings import ApiSettings
 from handler.settings import WorkerSettings
@@ -45,14 +44,6 @@ async def _serverless(settings: WorkerSettings, log: Path, *args: str, extra: di
         await proc.stop(timeout=20)
 
 
-async def _message(api: Api, queue: str) -> dict[str, Any]:
-    payload = await api.state.queue.claim([queue], "runpod-tools", timeout=1)
-    assert payload is not None
-    await api.state.queue.ack("runpod-tools", payload)
-    message: dict[str, Any] = json.loads(payload)
-    return message
-
-
 async def test_rp_serve_api_runsync_and_run_then_status_complete_jobs(
         small_api: Api, user: uuid.UUID, tiny_checkpoints: Path, tmp_path: Path) -> None:
     api = small_api
@@ -68,8 +59,8 @@ async def test_rp_serve_api_runsync_and_run_then_status_complete_jobs(
                 if (await local.get("/openapi.json")).status_code == 200:
                     break
             await asyncio.sleep(0.2)
-        synced = (await local.post("/runsync", json={"input": await _message(api, SDXL_QUEUE)})).json()
-        queued = (await local.post("/run", json={"input": await _message(api, SDXL_QUEUE)})).json()
+        synced = (await local.post("/runsync", json={"input": await take_message(api, SDXL_QUEUE)})).json()
+        queued = (await local.post("/run", json={"input": await take_message(api, SDXL_QUEUE)})).json()
         status = (await local.post(f"/status/{queued['id']}")).json()
 
     assert synced["status"] == "COMPLETED", synced
@@ -86,7 +77,7 @@ async def test_test_input_runs_one_job_and_exits_zero(
     await api.set_balance(user, 5)
     job_id = (await api.submit(user, "image_fast")).json()["job"]["id"]
     settings = worker_settings(api, tiny_checkpoints, tmp_path / "work", queues=["wan"])
-    test_input = json.dumps({"input": await _message(api, "wan_queue")})
+    test_input = json.dumps({"input": await take_message(api, "wan_queue")})
     async with _serverless(settings, tmp_path / "test_input.log", "--test_input", test_input) as proc:
         code = await asyncio.wait_for(proc.process.wait(), 240)
     assert code == 0, (tmp_path / "test_input.log").read_text()[-2000:]
