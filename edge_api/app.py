@@ -14,9 +14,21 @@ from edge_api.errors import install_handlers
 from edge_api.limits import BodyLimit
 from edge_api.observe import RequestMetrics
 from edge_api.settings import ApiSettings
-from edge_api.state import open_state
+from edge_api.state import AppState, open_state
+from edge_api.views import job_view
+from edge_api.webhook_delivery import DeliveryPolicy, WebhookSender
 
 log = logging.getLogger(__name__)
+
+
+def _webhook_sender(state: AppState) -> WebhookSender:
+    async def body(row: dict[str, object]) -> bytes:
+        # What the job's owner sees at `GET /api/jobs/{id}`, signed asset URLs included.
+        return (await job_view(state, row)).model_dump_json().encode()
+
+    settings = state.settings
+    return WebhookSender(state.engine, DeliveryPolicy.from_settings(settings), body, state.metrics,
+                         poll_seconds=settings.webhook_poll_seconds, concurrency=settings.webhook_concurrency)
 
 
 def create_app(settings: ApiSettings | None = None) -> FastAPI:
@@ -28,6 +40,8 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         app.state.ourvidz = state
         if settings.sweeper_enabled:
             state.tasks.append(asyncio.create_task(state.sweeper.run_forever(), name="sweeper"))
+        if settings.webhook_secret:
+            state.tasks.append(asyncio.create_task(_webhook_sender(state).run_forever(), name="webhooks"))
         try:
             yield
         finally:

@@ -24,5 +24,12 @@ class Metrics:
                                        "Files of completions refused because the job had failed or was canceled",
                                        registry=self.registry)
 
+        self.webhook_deliveries = Counter(
+            "ourvidz_webhook_deliveries", "The app's webhook tries by outcome (delivered, retry, gave_up, gone)",
+            ["outcome"], registry=self.registry)
+        self.webhook_delay = Histogram(
+            "ourvidz_webhook_delivery_delay_seconds", "From a job's event to its delivery's 2xx",
+            buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 21600, 86400), registry=self.registry)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -15,6 +15,7 @@ from edge_api.deps import CurrentUser, State
 from edge_api.errors import ApiError, not_found, unauthorized
 from edge_api.submit import queue_depth, request_key, submit_job
 from edge_api.views import asset_view, decode_cursor, encode_cursor, job_view, wait_seconds
+from edge_api.webhook_outbox import log_of
 from jobs.catalog import QUEUES
 from jobs.db import as_utc
 from jobs.messages import (
@@ -27,6 +28,7 @@ from jobs.messages import (
     QueueJobRequest,
     QueueJobResponse,
     QueueStatus,
+    WebhookLog,
 )
 from jobs.queue import QueueUnavailable
 from jobs.status import JobStatus
@@ -78,6 +80,15 @@ async def get_job(job_id: str, user: CurrentUser, state: State) -> JobView:
     if row is None:
         raise not_found("Job")
     return await job_view(state, row)
+
+
+@router.get("/jobs/{job_id}/webhooks", response_model=WebhookLog, tags=["jobs"])
+async def job_webhooks(job_id: str, user: CurrentUser, state: State) -> WebhookLog:
+    """The job's webhook deliveries, oldest first, with every try: its status code, or why there was none."""
+    key = _job_id(job_id)
+    if await state.store.get_job(key, user.id) is None:
+        raise not_found("Job")
+    return WebhookLog(job_id=str(key), deliveries=await log_of(state.engine, key))
 
 
 @router.post("/jobs/{job_id}/cancel", response_model=JobView, tags=["jobs"])

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from jobs.catalog import DEFAULT_CATALOG, QUEUES, Catalog
+from jobs.messages import TERMINAL_WEBHOOK_EVENTS, WebhookEvent
 from jobs.storage import StorageSettings
 
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret"}
@@ -60,6 +61,21 @@ class ApiSettings(StorageSettings):
     # models first) is canceled and the job dispatched again: that worker died before it could claim.
     runpod_start_timeout_seconds: float = Field(default=600.0, gt=0)
 
+    # The app's webhooks (docs/api.md, Webhooks). The secret (`whsec_…`) signs deliveries; it is the app's,
+    # apart from the workers' callback secret. Without one, a job that asks for a webhook is refused.
+    webhook_secret: str = ""
+    webhook_url: str | None = Field(default=None, description="For jobs that name no webhook of their own.")
+    webhook_events: list[WebhookEvent] = Field(default_factory=lambda: list(TERMINAL_WEBHOOK_EVENTS))
+    # None: refused in production, allowed otherwise (a receiver on this machine, in development).
+    webhook_allow_private_addresses: bool | None = None
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0)
+    webhook_retry_base_seconds: float = Field(default=5.0, gt=0)
+    webhook_retry_max_interval_seconds: float = Field(default=3600.0, gt=0)
+    webhook_retry_window_seconds: float = Field(default=86400.0, gt=0)
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    webhook_concurrency: int = Field(default=16, ge=1)
+
     @field_validator("runpod_endpoints", mode="after")
     @classmethod
     def _endpoint_queues(cls, value: dict[str, str]) -> dict[str, str]:
@@ -75,6 +91,8 @@ class ApiSettings(StorageSettings):
             raise ValueError("OURVIDZ_RUNPOD_ENDPOINTS needs OURVIDZ_RUNPOD_API_KEY")
         if self.environment != "production":
             return self
+        if self.webhook_url and self.webhook_secret.lower() in _PLACEHOLDERS:
+            raise ValueError("OURVIDZ_WEBHOOK_URL needs OURVIDZ_WEBHOOK_SECRET in production")
         if self.callback_secret.lower() in _PLACEHOLDERS:
             raise ValueError("OURVIDZ_CALLBACK_SECRET must be set to a real secret in production")
         if self.jwt_secret is not None and self.jwt_secret.lower() in _PLACEHOLDERS:
@@ -84,6 +102,12 @@ class ApiSettings(StorageSettings):
         if self.storage == "local" and self.files_secret.lower() in _PLACEHOLDERS:
             raise ValueError("OURVIDZ_FILES_SECRET must be set when local storage serves files in production")
         return self
+
+    @property
+    def webhooks_may_reach_private_addresses(self) -> bool:
+        if self.webhook_allow_private_addresses is not None:
+            return self.webhook_allow_private_addresses
+        return self.environment != "production"
 
     @property
     def catalog(self) -> Catalog:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from edge_api import ledger, transitions
+from edge_api import ledger, transitions, webhook_outbox
 from edge_api.direct import EngineRunner, PoolRunner, Prepared, Runner
 from edge_api.transitions import Row
 from jobs.catalog import JobSpec
@@ -75,6 +75,8 @@ class NewJob:
     video_id: uuid.UUID | None = None
     idempotency_key: str | None = None
     request_hash: str | None = None
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None
 
 
 class Store:
@@ -104,13 +106,17 @@ class Store:
             "metadata": new.metadata, "attempts": 0, "max_attempts": new.max_attempts, "created_at": utcnow(),
             "project_id": new.project_id, "image_id": new.image_id, "video_id": new.video_id,
             "queue": spec.queue, "price": spec.price, "progress": 0, "idempotency_key": new.idempotency_key,
-            "request_hash": new.request_hash, "updated_at": utcnow(),
+            "request_hash": new.request_hash, "updated_at": utcnow(), "webhook_url": new.webhook_url,
+            "webhook_events": new.webhook_events,
         }
+        # A job whose webhook wants `queued` records that event in the transaction that creates it.
+        in_one_statement = not webhook_outbox.wants(values, "queued")
         try:
-            if not await self._charge_in_one_statement(values):
+            if not (in_one_statement and await self._charge_in_one_statement(values)):
                 async with self.engine.begin() as conn:
                     await conn.execute(sa.insert(jobs).values(**values))
                     await ledger.charge(conn, new.user_id, job_id, spec.price, starting_credits)
+                    await webhook_outbox.record(conn, values, "queued")
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key won the unique constraint.
             if new.idempotency_key is None:

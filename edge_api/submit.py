@@ -16,6 +16,8 @@ from edge_api.state import AppState
 from edge_api.store import IdempotencyConflict, NewJob
 from edge_api.transitions import Row
 from edge_api.views import job_summary
+from edge_api.webhook_outbox import is_gone
+from edge_api.webhook_targets import RefusedTarget, parse, resolve
 from jobs.catalog import JobSpec
 from jobs.messages import MAX_SEED, QueueJobRequest, QueueJobResponse
 from jobs.queue import QueueUnavailable
@@ -43,7 +45,29 @@ def _uuid_field(name: str, value: str | None) -> uuid.UUID | None:
         raise ApiError(400, "Invalid request", f"{name}: {value!r} is not a UUID") from exc
 
 
-def _new_job(state: AppState, user: User, request: QueueJobRequest, spec: JobSpec, key: str | None) -> NewJob:
+async def _webhook(state: AppState, request: QueueJobRequest) -> tuple[str | None, list[str] | None]:
+    """The job's webhook URL and events: the request's (checked here), or the API's default, or none."""
+    settings = state.settings
+    events: list[str] = list(dict.fromkeys(request.webhookEvents or settings.webhook_events))
+    if request.webhook is None:
+        return (settings.webhook_url, events) if settings.webhook_url and settings.webhook_secret else (None, None)
+    if not settings.webhook_secret:
+        raise ApiError(400, "Webhooks are not configured", "this API has no webhook secret to sign deliveries with",
+                       suggested_action="Set OURVIDZ_WEBHOOK_SECRET on the API, or poll the job instead.")
+    try:
+        url = parse(request.webhook, require_https=settings.environment == "production")
+        await resolve(url, allow_private=settings.webhooks_may_reach_private_addresses)
+    except RefusedTarget as exc:
+        raise ApiError(400, "Invalid webhook", f"webhook: {exc}",
+                       suggested_action="Give an https URL on a public host.") from exc
+    if await is_gone(state.engine, request.webhook):
+        raise ApiError(400, "Invalid webhook", "webhook: this URL answered 410 Gone; nothing more is sent to it",
+                       suggested_action="Use another URL.")
+    return request.webhook, events
+
+
+def _new_job(state: AppState, user: User, request: QueueJobRequest, spec: JobSpec, key: str | None,
+             webhook: tuple[str | None, list[str] | None]) -> NewJob:
     meta = request.metadata
     if not meta.prompt.strip():
         raise ApiError(400, "Invalid request", "metadata.prompt: a prompt is required",
@@ -62,7 +86,8 @@ def _new_job(state: AppState, user: User, request: QueueJobRequest, spec: JobSpe
     return NewJob(user_id=user.id, spec=spec, metadata=metadata, max_attempts=state.settings.max_attempts,
                   project_id=_uuid_field("projectId", request.projectId),
                   image_id=_uuid_field("imageId", request.imageId),
-                  video_id=_uuid_field("videoId", request.videoId), idempotency_key=key, request_hash=request_hash)
+                  video_id=_uuid_field("videoId", request.videoId), idempotency_key=key, request_hash=request_hash,
+                  webhook_url=webhook[0], webhook_events=webhook[1])
 
 
 async def _check_queue(state: AppState, spec: JobSpec) -> None:
@@ -88,7 +113,7 @@ async def _known_depth(state: AppState, queue: str) -> int:
 
 async def submit_job(state: AppState, user: User, request: QueueJobRequest, key: str | None) -> QueueJobResponse:
     spec = resolve_spec(state, request.jobType)
-    new = _new_job(state, user, request, spec, key)
+    new = _new_job(state, user, request, spec, key, await _webhook(state, request))
     try:
         # A retry of an accepted job gets its answer even while the queue is full or down.
         existing = await state.store.find_by_idempotency_key(new) if key else None

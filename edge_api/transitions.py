@@ -2,7 +2,7 @@
 
 `UPDATE jobs SET status = :to … WHERE id = :id AND status IN (:from…)` is the whole guard: whatever
 two processes race, one wins and the other sees zero rows. Moves to `failed` and `canceled` refund in
-the same transaction.
+the same transaction, and the app's webhook event for the move is recorded in it too.
 """
 
 from __future__ import annotations
@@ -10,13 +10,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from edge_api import ledger
+from edge_api import ledger, webhook_outbox
 from jobs.db import utcnow
+from jobs.messages import WebhookEvent
 from jobs.status import IllegalTransition, JobStatus
 from jobs.tables import jobs
 
@@ -44,6 +45,7 @@ async def move(conn: AsyncConnection, job_id: uuid.UUID, sources: Iterable[JobSt
         return None
     if target.refunds:
         await ledger.refund(conn, row["user_id"], row["id"], row["price"])
+    await webhook_outbox.record(conn, dict(row), cast(WebhookEvent, target.value))
     return dict(row)
 
 

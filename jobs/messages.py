@@ -64,6 +64,12 @@ class QueueJobMetadata(BaseModel):
     seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
 
 
+# The job events an app's webhook can receive: every status a job can take.
+WebhookEvent = Literal["queued", "processing", "completed", "failed", "canceled"]
+TERMINAL_WEBHOOK_EVENTS: tuple[WebhookEvent, ...] = ("completed", "failed", "canceled")
+MAX_WEBHOOK_URL_CHARS = 2048
+
+
 class QueueJobRequest(BaseModel):
     """The reference's request. `jobType` is validated against the catalog by the API (400, with the list)."""
 
@@ -74,6 +80,11 @@ class QueueJobRequest(BaseModel):
     projectId: str | None = Field(default=None, max_length=64)
     videoId: str | None = Field(default=None, max_length=64)
     imageId: str | None = Field(default=None, max_length=64)
+    webhook: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL_CHARS,
+                                description="An https URL that receives this job's events, signed (Standard "
+                                            "Webhooks); the API's default URL when omitted.")
+    webhookEvents: list[WebhookEvent] | None = Field(
+        default=None, max_length=5, description="The events to send; the terminal ones when omitted.")
 
     @model_validator(mode="before")
     @classmethod
@@ -275,3 +286,30 @@ class CallbackAccepted(BaseModel):
     status: JobStatus
     attempt: int
     duplicate: bool = False
+
+
+class WebhookAttemptView(BaseModel):
+    """One try of a delivery: the receiver's status code, or why there was none."""
+
+    started_at: datetime
+    duration_ms: int
+    status_code: int | None
+    error: str | None
+    location: str | None = Field(description="The `Location` of a redirect, which is recorded, never followed.")
+
+
+class WebhookDeliveryView(BaseModel):
+    webhook_id: str = Field(description="The `webhook-id` header, the same on every retry of the event.")
+    event: WebhookEvent
+    url: str
+    state: Literal["pending", "delivered", "failed", "gone"]
+    created_at: datetime
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+    attempts: list[WebhookAttemptView]
+
+
+class WebhookLog(BaseModel):
+    success: Literal[True] = True
+    job_id: str
+    deliveries: list[WebhookDeliveryView]

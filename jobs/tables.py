@@ -56,6 +56,9 @@ jobs = sa.Table(
     sa.Column("updated_at", TS, nullable=False, server_default=sa.func.now()),
     # The RunPod job that carries this job, when its queue is dispatched to a serverless endpoint.
     sa.Column("dispatch_id", sa.Text),
+    # Where the app wants this job's events pushed (docs/api.md, Webhooks), and which events.
+    sa.Column("webhook_url", sa.Text),
+    sa.Column("webhook_events", JSONType),
     sa.CheckConstraint(
         "status in ('queued', 'processing', 'completed', 'failed', 'canceled')", name="jobs_status_check"
     ),
@@ -140,4 +143,53 @@ locks = sa.Table(
     sa.Column("name", sa.Text, primary_key=True),
     sa.Column("owner", sa.Text, nullable=False),
     sa.Column("expires_at", TS, nullable=False),
+)
+
+# The app's webhooks, as a transactional outbox: one row per event, written in the transaction of the
+# status change it reports, delivered (and retried) by edge_api/webhook_delivery.py.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("job_id", sa.Uuid, sa.ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("event", sa.Text, nullable=False),
+    # The `webhook-id` header: the same on every retry of this event, so receivers can deduplicate.
+    sa.Column("message_id", sa.Text, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    # The job's status fields as the event left them; the body is rendered from them at each attempt.
+    sa.Column("snapshot", JSONType, nullable=False),
+    sa.Column("state", sa.Text, nullable=False, server_default=sa.text("'pending'")),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default=sa.text("0")),
+    sa.Column("next_attempt_at", TS, nullable=False),
+    sa.Column("lease_until", TS),
+    sa.Column("delivered_at", TS),
+    sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("state in ('pending', 'delivered', 'failed', 'gone')", name="webhook_deliveries_state_check"),
+    sa.UniqueConstraint("message_id", name="webhook_deliveries_message_id_key"),
+)
+sa.Index("webhook_deliveries_state_next_attempt_at_idx", webhook_deliveries.c.state,
+         webhook_deliveries.c.next_attempt_at)
+sa.Index("webhook_deliveries_job_id_id_idx", webhook_deliveries.c.job_id, webhook_deliveries.c.id)
+
+# Each try of a delivery, for `GET /api/jobs/{id}/webhooks`.
+webhook_attempts = sa.Table(
+    "webhook_attempts",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("delivery_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+              sa.ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("started_at", TS, nullable=False),
+    sa.Column("duration_ms", sa.Integer, nullable=False),
+    sa.Column("status_code", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("location", sa.Text),
+)
+sa.Index("webhook_attempts_delivery_id_idx", webhook_attempts.c.delivery_id)
+
+# URLs that answered 410 Gone: nothing more is delivered to them.
+webhook_gone_urls = sa.Table(
+    "webhook_gone_urls",
+    metadata,
+    sa.Column("url", sa.Text, primary_key=True),
+    sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
 )
