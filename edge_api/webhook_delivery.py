@@ -136,15 +136,27 @@ class WebhookSender:
                    "ourvidz-event": delivery["event"], "host": url.netloc.decode()}
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
         async with asyncio.timeout(policy.timeout):
-            request = self._http.build_request("POST", target.pinned_url, content=body, headers=headers,
-                                               extensions=extensions)
-            response = await self._http.send(request, stream=True)
+            response = await self._connect(target, body, headers, extensions)
             try:
                 await _read_at_most(response, policy.max_response_bytes)
             finally:
                 await response.aclose()
         location = response.headers.get("location") if response.is_redirect else None
         return Attempt(started, 0, status_code=response.status_code, location=location)
+
+    async def _connect(self, target: webhook_targets.Target, body: bytes, headers: dict[str, str],
+                       extensions: dict[str, str]) -> httpx.Response:
+        """Send to the first checked address that accepts a connection (a name may have several)."""
+        for address in target.addresses[:-1]:
+            request = self._http.build_request("POST", target.pinned(address), content=body, headers=headers,
+                                               extensions=extensions)
+            try:
+                return await self._http.send(request, stream=True)
+            except httpx.ConnectError:
+                continue
+        request = self._http.build_request("POST", target.pinned(target.addresses[-1]), content=body,
+                                           headers=headers, extensions=extensions)
+        return await self._http.send(request, stream=True)
 
     async def _settle(self, claimed: Claimed, attempt: Attempt) -> None:
         code = attempt.status_code

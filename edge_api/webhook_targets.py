@@ -28,11 +28,18 @@ class RefusedTarget(Exception):
 @dataclass(frozen=True, slots=True)
 class Target:
     url: httpx.URL
-    address: str  # the checked address the delivery connects to
+    addresses: tuple[str, ...]  # the checked addresses, the only ones a delivery connects to
+
+    @property
+    def address(self) -> str:
+        return self.addresses[0]
+
+    def pinned(self, address: str) -> httpx.URL:
+        return self.url.copy_with(host=address)
 
     @property
     def pinned_url(self) -> httpx.URL:
-        return self.url.copy_with(host=self.address)
+        return self.pinned(self.address)
 
 
 def parse(url: str, *, require_https: bool) -> httpx.URL:
@@ -95,4 +102,4 @@ async def resolve(url: httpx.URL, *, allow_private: bool) -> Target:
         for address in addresses:
             if not is_public(ipaddress.ip_address(address)):
                 raise RefusedTarget(f"{url.host} resolves to {address}, which is not a public address")
-    return Target(url, addresses[0])
+    return Target(url, tuple(addresses))

@@ -37,6 +37,7 @@ class Receiver:
     url: str = ""
     accepted: list[Delivery] = field(default_factory=list)  # 2xx answers, in order, duplicates included
     hits: dict[str, int] = field(default_factory=dict)  # every request by path
+    hosts: list[str] = field(default_factory=list)  # the Host header of every request
     bad_signatures: int = 0
     answers: dict[str, int] = field(default_factory=dict)  # path → status to answer (default 200)
     stalled: dict[str, asyncio.Event] = field(default_factory=dict)  # path → released when set
@@ -67,6 +68,7 @@ class Receiver:
         request = Request(scope, receive)
         path = request.url.path
         self.hits[path] = self.hits.get(path, 0) + 1
+        self.hosts.append(request.headers.get("host", ""))
         body = await request.body()
         try:
             Webhook(self.secret).verify(body, dict(request.headers))
