@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
-from pydantic_settings import SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from jobs.catalog import DEFAULT_CATALOG, QUEUES, Catalog
 from jobs.messages import TERMINAL_WEBHOOK_EVENTS, WebhookEvent
@@ -65,7 +65,8 @@ class ApiSettings(StorageSettings):
     # apart from the workers' callback secret. Without one, a job that asks for a webhook is refused.
     webhook_secret: str = ""
     webhook_url: str | None = Field(default=None, description="For jobs that name no webhook of their own.")
-    webhook_events: list[WebhookEvent] = Field(default_factory=lambda: list(TERMINAL_WEBHOOK_EVENTS))
+    webhook_events: Annotated[list[WebhookEvent], NoDecode] = Field(
+        default_factory=lambda: list(TERMINAL_WEBHOOK_EVENTS))
     # None: refused in production, allowed otherwise (a receiver on this machine, in development).
     webhook_allow_private_addresses: bool | None = None
     webhook_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -75,6 +76,12 @@ class ApiSettings(StorageSettings):
     webhook_retry_window_seconds: float = Field(default=86400.0, gt=0)
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
     webhook_concurrency: int = Field(default=16, ge=1)
+
+    @field_validator("webhook_events", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        # `OURVIDZ_WEBHOOK_EVENTS=completed,failed`, like the worker's `OURVIDZ_QUEUES`.
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
     @field_validator("runpod_endpoints", mode="after")
     @classmethod

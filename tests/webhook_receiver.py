@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,8 +39,11 @@ class Receiver:
     hits: dict[str, int] = field(default_factory=dict)  # every request by path
     hosts: list[str] = field(default_factory=list)  # the Host header of every request
     bad_signatures: int = 0
+    open_requests: int = 0  # being answered now
     answers: dict[str, int] = field(default_factory=dict)  # path → status to answer (default 200)
     stalled: dict[str, asyncio.Event] = field(default_factory=dict)  # path → released when set
+    # Decides each answer instead of `answers` (and may take its time, like a slow receiver).
+    behaviour: Callable[[str], Awaitable[int]] | None = None
 
     def at(self, path: str) -> str:
         return f"{self.url}{path}"
@@ -65,6 +68,13 @@ class Receiver:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
+        self.open_requests += 1
+        try:
+            await self._answer(scope, receive, send)
+        finally:
+            self.open_requests -= 1
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         path = request.url.path
         self.hits[path] = self.hits.get(path, 0) + 1
@@ -78,7 +88,7 @@ class Receiver:
             return
         if path in self.stalled:
             await self.stalled[path].wait()
-        status = self.answers.get(path, 200)
+        status = await self.behaviour(path) if self.behaviour else self.answers.get(path, 200)
         headers = {"location": self.at("/elsewhere")} if 300 <= status < 400 else {}
         if 200 <= status < 300:
             parsed = json.loads(body)

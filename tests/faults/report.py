@@ -38,6 +38,9 @@ ROWS: list[tuple[str, str, str, list[str]]] = [
     ("RunPod serverless: stops mid-job, duplicate deliveries, an endpoint away, worker kills; all complete once",
      "serverless-faults", "test_serverless_faults.py",
      ["runpod_stops", "duplicate_deliveries", "worker_kills", "runpod_retries", "refused_503", "dispatches"]),
+    ("App webhooks: every event once (by webhook-id) and in order through API kills mid-delivery and a "
+     "receiver that stalls, fails and goes away; nothing to a wrong URL", "webhook-faults", "test_webhook_faults.py",
+     ["events", "kills", "kills_mid_delivery", "redeliveries", "errors_500", "stalls", "outage_refusals"]),
     ("Timeout at the deadline (15 min by default), refunded once; a late worker changes nothing",
      "hung-worker-deadline", "test_hung_worker.py",
      ["hung_jobs", "deadline_seconds", "late_callbacks_refused", "late_files_left"]),
@@ -59,7 +62,7 @@ ROWS: list[tuple[str, str, str, list[str]]] = [
 ]
 ZERO = ["lost", "duplicates", "double_charges", "missing_refunds", "wrongly_accepted", "server_errors"]
 OTHER_ZERO = ["not_terminal", "wrong_refunds", "uncharged", "orphan_assets", "missing_assets",
-              "balance_mismatches", "negative_balances"]
+              "balance_mismatches", "negative_balances", "out_of_order", "wrongly_delivered"]
 
 
 def last_runs(path: Path) -> dict[str, dict[str, Any]]:
