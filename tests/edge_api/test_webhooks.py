@@ -229,3 +229,18 @@ async def test_without_a_webhook_secret_a_webhook_is_refused_with_the_setting_to
         response = await api.client.post("/api/queue-job", headers=api.auth(user), json={
             "jobType": "sdxl_image_fast", "metadata": {"prompt": "x"}, "webhook": "https://example.com/hook"})
         assert response.status_code == 400 and "OURVIDZ_WEBHOOK_SECRET" in response.json()["suggestedAction"]
+
+
+async def test_the_embedded_store_delivers_every_event_in_order_too(
+        api_settings: ApiSettings, receiver: Receiver, user: uuid.UUID, tmp_path: Any) -> None:
+    # SQLite, with the jobs table as the queue: the outbox is the same tables and statements.
+    settings = webhook_settings(api_settings, receiver, database_url=f"sqlite:///{tmp_path}/ourvidz.db",
+                                redis_url=None)
+    async for api in serve_api(settings):
+        story = await three_jobs(api, user, receiver.at("/hook"), ALL)
+        wanted = sum(len(v) for v in story.values())
+        await wait_for(lambda n=wanted: len(receiver.events()) >= n, what=f"{wanted} events")
+        got: dict[str, list[str]] = {}
+        for job, event in receiver.events():
+            got.setdefault(job, []).append(event)
+        assert got == story and receiver.duplicates() == 0
