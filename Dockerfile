@@ -17,7 +17,8 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /app
 # A CUDA torch first, so the worker extra's `torch>=2.5` is already met.
 RUN pip install torch==2.9.1 --index-url https://download.pytorch.org/whl/cu128
-COPY pyproject.toml README.md cli.py ./
+COPY pyproject.toml README.md ./
+COPY ourvidz ./ourvidz
 COPY jobs ./jobs
 COPY handler ./handler
 COPY models ./models

@@ -14,7 +14,9 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent / "supabase"
+_HERE = Path(__file__).resolve().parent
+# An installed package carries the SQL as jobs/supabase/; a checkout keeps it in supabase/ (pyproject.toml).
+ROOT = _HERE / "supabase" if (_HERE / "supabase" / "migrations").is_dir() else _HERE.parent / "supabase"
 MIGRATIONS = ROOT / "migrations"
 SHIM = ROOT / "shim" / "plain_postgres.sql"
 

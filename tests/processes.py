@@ -80,8 +80,8 @@ async def start_process(args: list[str], env: dict[str, str], log: Path) -> Proc
 
 
 async def start_worker(settings: WorkerSettings, log: Path) -> Proc:
-    """`python -m cli worker` with these settings."""
-    return await start_process(["-m", "cli", "worker", "--queues", ",".join(settings.queues)],
+    """`python -m ourvidz worker` with these settings."""
+    return await start_process(["-m", "ourvidz", "worker", "--queues", ",".join(settings.queues)],
                                settings_env(settings), log)
 
 

@@ -44,8 +44,8 @@ def test_the_image_installs_a_cuda_torch_and_the_worker_extra() -> None:
 
 
 @pytest.mark.parametrize("command", [
-    [sys.executable, "-m", "cli", "worker", "--help"],
-    [sys.executable, "-m", "cli", "--help"],
+    [sys.executable, "-m", "ourvidz", "worker", "--help"],
+    [sys.executable, "-m", "ourvidz", "--help"],
     [sys.executable, "-m", "handler.runpod_serverless", "--help"],
     [sys.executable, "scripts/download_weights.py", "--help"],
 ])

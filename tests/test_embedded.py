@@ -36,7 +36,7 @@ def _env() -> dict[str, str]:
 async def ourvidz_up(data_dir: Path, port: int) -> AsyncIterator[asyncio.subprocess.Process]:
     log = (data_dir.parent / f"up-{uuid.uuid4().hex[:6]}.log").open("wb")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli", "up", "--port", str(port), "--data-dir", str(data_dir), cwd=ROOT, env=_env(),
+        sys.executable, "-m", "ourvidz", "up", "--port", str(port), "--data-dir", str(data_dir), cwd=ROOT, env=_env(),
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
@@ -57,7 +57,7 @@ async def ourvidz_up(data_dir: Path, port: int) -> AsyncIterator[asyncio.subproc
 
 
 async def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "cli", *args, cwd=ROOT, env=_env(),
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "ourvidz", *args, cwd=ROOT, env=_env(),
                                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = await asyncio.wait_for(process.communicate(), 300)
     return subprocess.CompletedProcess(args, process.returncode or 0, out.decode(), err.decode())

@@ -1,6 +1,6 @@
 """Workers SIGKILLed at random points of their jobs, and replaced: no job is lost or completed twice.
 
-Each worker is `python -m cli worker` in a session of its own; SIGKILL takes it and its model process
+Each worker is `python -m ourvidz worker` in a session of its own; SIGKILL takes it and its model process
 at once, wherever they are (claiming, generating, encoding, uploading, calling back). Its heartbeat
 expires, the sweeper hands its message back, and another worker runs the job (DESIGN §4, §5).
 """

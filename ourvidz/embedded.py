@@ -127,9 +127,9 @@ class WorkerSupervisor:
         while not self._stopping:
             with self._log_file.open("ab") as sink:
                 self._process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "cli", "worker", "--queues", "sdxl,wan",
+                    sys.executable, "-m", "ourvidz", "worker", "--queues", "sdxl,wan",
                     env=worker_environment(self._data, self._api_url), stdout=sink, stderr=sink,
-                    cwd=Path(__file__).resolve().parent)
+                    cwd=Path(__file__).resolve().parent.parent)
                 code = await self._process.wait()
             if code in (130, -signal.SIGINT):
                 return  # Ctrl-C reached the worker too: the whole instance is stopping

@@ -86,7 +86,7 @@ def token(user_id: Annotated[str, typer.Option(help="The user's UUID (default: t
     Example: ourvidz token --user-id 6f1c2b9e-0000-4000-8000-000000000001 --data-dir ./.ourvidz
     """
     from edge_api.auth import mint_token
-    from embedded import DataDir
+    from ourvidz.embedded import DataDir
 
     keys = None if secret else DataDir(data_dir).secrets()
     user = uuid.UUID(user_id) if user_id else uuid.UUID(keys.user_id if keys else str(uuid.uuid4()))
@@ -102,7 +102,7 @@ def up(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127
 
     Example: ourvidz up --port 8000   (then open the printed URL; Ctrl-C stops it, a restart resumes it)
     """
-    from embedded import run_up
+    from ourvidz.embedded import run_up
 
     _logging(verbose)
     try:
@@ -124,7 +124,7 @@ def submit(job_type: Annotated[str, typer.Argument(help="One of the 10 job types
 
     Example: ourvidz submit sdxl_image_fast "a red fox in the snow" --wait
     """
-    from client import run_submit
+    from ourvidz.client import run_submit
 
     code = asyncio.run(run_submit(api_url, token or _local_token(data_dir), job_type, prompt, wait,
                                   negative_prompt, seed))
@@ -140,14 +140,14 @@ def jobs(api_url: Annotated[str, typer.Option(envvar="OURVIDZ_API_URL")] = "http
 
     Example: ourvidz jobs --limit 10
     """
-    from client import run_jobs
+    from ourvidz.client import run_jobs
 
     raise typer.Exit(asyncio.run(run_jobs(api_url, token or _local_token(data_dir), limit)))
 
 
 def _local_token(data_dir: Path) -> str:
     from edge_api.auth import mint_token
-    from embedded import DataDir
+    from ourvidz.embedded import DataDir
 
     if not (data_dir / "secrets.json").exists():
         raise typer.BadParameter(f"no instance in {data_dir}: give --token, or run `ourvidz up` first")
