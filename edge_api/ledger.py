@@ -65,6 +65,7 @@ async def refund(conn: AsyncConnection, user_id: uuid.UUID, job_id: uuid.UUID, p
                            .values(token_balance=profiles.c.token_balance + price))
 
 
-async def balance_of(conn: AsyncConnection, user_id: uuid.UUID) -> int:
+async def balance_of(conn: AsyncConnection, user_id: uuid.UUID, starting_credits: int = 0) -> int:
+    """The balance; a user not seen yet has the starting credits their first job will find."""
     value = (await conn.execute(sa.select(profiles.c.token_balance).where(profiles.c.id == user_id))).scalar()
-    return int(value or 0)
+    return starting_credits if value is None else int(value)

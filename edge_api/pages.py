@@ -85,7 +85,8 @@ async def catalog(state: State) -> CatalogResponse:
 @router.get("/api/me", response_model=MeResponse, tags=["account"], responses={401: {"model": ErrorEnvelope}})
 async def me(user: CurrentUser, state: State) -> MeResponse:
     """The signed-in user and their credit balance."""
-    return MeResponse(user_id=str(user.id), email=user.email, balance=await state.store.balance(user.id))
+    balance = await state.store.balance(user.id, state.settings.starting_credits)
+    return MeResponse(user_id=str(user.id), email=user.email, balance=balance)
 
 
 def content_security_policy(settings: ApiSettings) -> str:

@@ -231,9 +231,9 @@ class Store:
     async def mark_enqueued(self, job_id: uuid.UUID) -> None:
         await self.hot.rows(MARK_ENQUEUED, {"p_id": job_id, "p_at": utcnow()})
 
-    async def balance(self, user_id: uuid.UUID) -> int:
+    async def balance(self, user_id: uuid.UUID, starting_credits: int = 0) -> int:
         async with self.autocommit.connect() as conn:
-            return await ledger.balance_of(conn, user_id)
+            return await ledger.balance_of(conn, user_id, starting_credits)
 
 
 def created_at(row: Row) -> datetime:

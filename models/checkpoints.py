@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar, get_args
 
 import torch
 
@@ -46,15 +46,12 @@ from transformers import (
     UMT5EncoderModel,
 )
 
+from models.build_marker import MARKER, Size, is_complete
 from models.device import quiet_progress_bars
 
 logger = logging.getLogger(__name__)
 
-Size = Literal["tiny", "full"]
 SIZES: tuple[Size, ...] = get_args(Size)
-
-#: Written last into a finished model folder; holds the size, so a folder of the other size is rebuilt.
-MARKER = ".ourvidz-complete"
 
 # One seed per component: each model's weights depend only on its own seed and config, so two builds are equal.
 _SEEDS = {"unet": 1, "vae": 2, "text_encoder": 3, "text_encoder_2": 4, "transformer": 5, "wan_vae": 6,
@@ -131,12 +128,6 @@ def build_sdxl_single_file(out_file: Path, size: Size) -> Path:
 def _single_file_size(path: Path) -> str | None:
     with safe_open(path, framework="pt") as checkpoint:
         return (checkpoint.metadata() or {}).get("ourvidz_size")
-
-
-def is_complete(out: Path, size: Size) -> bool:
-    """Whether `out` is a finished build of this size."""
-    marker = out / MARKER
-    return marker.is_file() and marker.read_text().strip() == size
 
 
 # --- architectures ---------------------------------------------------------------------------------------------

@@ -10,12 +10,32 @@ import asyncio
 import logging
 import uuid
 from pathlib import Path
-from typing import Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import typer
 
+from ourvidz.instance import DEFAULT_DIR
+
+if TYPE_CHECKING:
+    from ourvidz.embedded import Secrets
+
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="ourvidz: generation jobs for AI images and videos (SDXL, Wan 2.1, Qwen).")
+
+
+Verbose = Annotated[bool, typer.Option("--verbose", help="Log debug messages and every request.")]
+DataDirOption = Annotated[Path | None, typer.Option(
+    "--data-dir", help="The embedded instance's data folder (default: the nearest .ourvidz here or above).")]
+ApiUrl = Annotated[str | None, typer.Option(
+    envvar="OURVIDZ_API_URL", help="The API (default: where the instance answers, else http://127.0.0.1:8000).")]
+Token = Annotated[str, typer.Option(envvar="OURVIDZ_TOKEN", help="A bearer token (default: the instance's user).")]
+
+
+def _fail(message: object) -> typer.Exit:
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(1)
 
 
 def _logging(verbose: bool) -> None:
@@ -28,7 +48,7 @@ def _logging(verbose: bool) -> None:
 @app.command()
 def api(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-        verbose: bool = False) -> None:
+        verbose: Verbose = False) -> None:
     """Serve the HTTP API, configured by OURVIDZ_* variables.
 
     Example: OURVIDZ_DATABASE_URL=postgresql://… OURVIDZ_REDIS_URL=redis://… ourvidz api --port 8000
@@ -44,7 +64,7 @@ def api(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "12
 @app.command()
 def worker(queues: Annotated[str, typer.Option(help="Queues to serve: sdxl, wan or both.")] = "sdxl,wan",
            burst: Annotated[bool, typer.Option(help="Stop once the queues are empty.")] = False,
-           verbose: bool = False) -> None:
+           verbose: Verbose = False) -> None:
     """Run a GPU worker: claim jobs from the queues, generate, upload, call back.
 
     Example: OURVIDZ_REDIS_URL=redis://… OURVIDZ_API_URL=https://api… OURVIDZ_CALLBACK_SECRET=whsec_… \\
@@ -72,43 +92,43 @@ def migrate(database_url: Annotated[str, typer.Option(envvar="OURVIDZ_DATABASE_U
     typer.echo(f"applied {len(applied)} migration(s): {', '.join(applied) or 'none pending'}")
 
 
-DATA_DIR = Path(".ourvidz")
-
-
 @app.command()
 def token(user_id: Annotated[str, typer.Option(help="The user's UUID (default: the instance's own user).")] = "",
-          data_dir: Annotated[Path, typer.Option(help="The embedded instance's data folder.")] = DATA_DIR,
+          data_dir: DataDirOption = None,
           secret: Annotated[str, typer.Option(envvar="OURVIDZ_JWT_SECRET",
                                               help="An HS256 JWT secret (instead of the data folder's).")] = "",
-          days: int = 30) -> None:
+          days: Annotated[int, typer.Option(help="How long the token is valid, in days.")] = 30) -> None:
     """Print a token for a user of this instance, as Supabase issues them.
 
     Example: ourvidz token --user-id 6f1c2b9e-0000-4000-8000-000000000001 --data-dir ./.ourvidz
     """
     from edge_api.auth import mint_token
-    from ourvidz.embedded import DataDir
 
-    keys = None if secret else DataDir(data_dir).secrets()
-    user = uuid.UUID(user_id) if user_id else uuid.UUID(keys.user_id if keys else str(uuid.uuid4()))
-    typer.echo(mint_token(secret or (keys.jwt_secret if keys else ""), user, ttl=days * 86400))
+    if secret:
+        typer.echo(mint_token(secret, uuid.UUID(user_id) if user_id else uuid.uuid4(), ttl=days * 86400))
+        return
+    keys = _secrets(data_dir)
+    typer.echo(mint_token(keys.jwt_secret, uuid.UUID(user_id or keys.user_id), ttl=days * 86400))
 
 
 @app.command()
 def up(host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
        port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-       data_dir: Annotated[Path, typer.Option(help="Where jobs, files, models and secrets are kept.")] = DATA_DIR,
-       verbose: bool = False) -> None:
+       data_dir: Annotated[Path, typer.Option(help="Where jobs, files, models and secrets are kept.")] = DEFAULT_DIR,
+       verbose: Verbose = False) -> None:
     """Run everything on this machine: the API on SQLite, local storage, and a CPU worker with tiny models.
 
     Example: ourvidz up --port 8000   (then open the printed URL; Ctrl-C stops it, a restart resumes it)
     """
     from ourvidz.embedded import run_up
+    from ourvidz.instance import AlreadyRunning, PortBusy
 
     _logging(verbose)
     try:
         asyncio.run(run_up(host, port, data_dir))
-    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled; everything is already stopped
-        typer.echo("Stopped.")
+    except (AlreadyRunning, PortBusy) as exc:
+        raise _fail(exc) from None
+    typer.echo("Stopped.")
 
 
 @app.command()
@@ -117,42 +137,60 @@ def submit(job_type: Annotated[str, typer.Argument(help="One of the 10 job types
            wait: Annotated[bool, typer.Option(help="Follow the job to its end with a progress bar.")] = False,
            negative_prompt: Annotated[str | None, typer.Option(help="What to avoid (SDXL only).")] = None,
            seed: Annotated[int | None, typer.Option(help="Reproduce an earlier result.")] = None,
-           api_url: Annotated[str, typer.Option(envvar="OURVIDZ_API_URL")] = "http://127.0.0.1:8000",
-           token: Annotated[str, typer.Option(envvar="OURVIDZ_TOKEN", help="Default: the data folder's user.")] = "",
-           data_dir: Annotated[Path, typer.Option(help="The embedded instance's data folder.")] = DATA_DIR) -> None:
+           api_url: ApiUrl = None, token: Token = "", data_dir: DataDirOption = None) -> None:
     """Submit a job to a running API; with --wait, follow it and print its assets.
 
     Example: ourvidz submit sdxl_image_fast "a red fox in the snow" --wait
     """
     from ourvidz.client import run_submit
 
-    code = asyncio.run(run_submit(api_url, token or _local_token(data_dir), job_type, prompt, wait,
-                                  negative_prompt, seed))
-    raise typer.Exit(code)
+    url, bearer = _endpoint(api_url, token, data_dir)
+    raise typer.Exit(asyncio.run(run_submit(url, bearer, job_type, prompt, wait, negative_prompt, seed)))
 
 
 @app.command()
-def jobs(api_url: Annotated[str, typer.Option(envvar="OURVIDZ_API_URL")] = "http://127.0.0.1:8000",
-         token: Annotated[str, typer.Option(envvar="OURVIDZ_TOKEN", help="Default: the data folder's user.")] = "",
-         data_dir: Annotated[Path, typer.Option(help="The embedded instance's data folder.")] = DATA_DIR,
-         limit: int = 20) -> None:
+def jobs(api_url: ApiUrl = None, token: Token = "", data_dir: DataDirOption = None,
+         limit: Annotated[int, typer.Option(help="How many jobs to list, newest first (1-100).")] = 20) -> None:
     """List your recent jobs with their status and progress.
 
     Example: ourvidz jobs --limit 10
     """
     from ourvidz.client import run_jobs
 
-    raise typer.Exit(asyncio.run(run_jobs(api_url, token or _local_token(data_dir), limit)))
+    url, bearer = _endpoint(api_url, token, data_dir)
+    raise typer.Exit(asyncio.run(run_jobs(url, bearer, limit)))
 
 
-def _local_token(data_dir: Path) -> str:
-    from edge_api.auth import mint_token
+def _secrets(data_dir: Path | None) -> Secrets:
+    """The instance's secrets, read (never created: only `up` makes an instance)."""
     from ourvidz.embedded import DataDir
+    from ourvidz.instance import NoInstance, find_data_dir
 
-    if not (data_dir / "secrets.json").exists():
-        raise typer.BadParameter(f"no instance in {data_dir}: give --token, or run `ourvidz up` first")
-    keys = DataDir(data_dir).secrets()
-    return mint_token(keys.jwt_secret, uuid.UUID(keys.user_id), ttl=3600)
+    try:
+        return DataDir(data_dir or find_data_dir()).secrets()
+    except NoInstance as exc:
+        raise _fail(exc) from None
+
+
+def _endpoint(api_url: str | None, token: str, data_dir: Path | None) -> tuple[str, str]:
+    """Where to send requests and with which token: given, or the instance's (its URL, its user)."""
+    from edge_api.auth import mint_token
+    from ourvidz.instance import NoInstance, find_data_dir, read_running
+
+    if api_url and token:
+        return api_url, token
+    try:
+        folder = data_dir or find_data_dir()
+    except NoInstance as exc:
+        if token:
+            return api_url or DEFAULT_API_URL, token
+        raise _fail(exc) from None
+    running = read_running(folder)
+    url = api_url or (running.url if running else DEFAULT_API_URL)
+    if token:
+        return url, token
+    keys = _secrets(folder)
+    return url, mint_token(keys.jwt_secret, uuid.UUID(keys.user_id), ttl=3600)
 
 
 @app.command("make-checkpoints")

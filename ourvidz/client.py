@@ -11,7 +11,18 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-TERMINAL = {"completed", "failed", "canceled"}
+from jobs.status import JobStatus
+
+
+def _console() -> Console:
+    # Piped output is not cut to 80 columns: a script reading it wants whole ids and links.
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+def _away(console: Console, api_url: str, exc: httpx.TransportError) -> int:
+    reason = str(exc) or type(exc).__name__
+    console.print(f"[red]No ourvidz API answers at {api_url}[/] ({reason}). Is `ourvidz up` running?")
+    return 1
 
 
 def _headers(token: str) -> dict[str, str]:
@@ -31,7 +42,15 @@ def _explain(console: Console, response: httpx.Response) -> int:
 
 async def run_submit(api_url: str, token: str, job_type: str, prompt: str, wait: bool,
                      negative_prompt: str | None, seed: int | None) -> int:
-    console = Console()
+    console = _console()
+    try:
+        return await _submit(console, api_url, token, job_type, prompt, wait, negative_prompt, seed)
+    except httpx.TransportError as exc:
+        return _away(console, api_url, exc)
+
+
+async def _submit(console: Console, api_url: str, token: str, job_type: str, prompt: str, wait: bool,
+                  negative_prompt: str | None, seed: int | None) -> int:
     metadata: dict[str, Any] = {"prompt": prompt}
     if negative_prompt:
         metadata["negative_prompt"] = negative_prompt
@@ -66,16 +85,18 @@ async def _follow(client: httpx.AsyncClient, job_id: str, console: Console) -> d
             job: dict[str, Any] = (await client.get(f"/api/jobs/{job_id}")).json()
             waiting = f"queued (position {job.get('queue_position')})" if job["status"] == "queued" else job["status"]
             progress.update(task, completed=job.get("progress", 0), description=waiting)
-            if job["status"] in TERMINAL:
+            if JobStatus(job["status"]).is_terminal:
                 return job
             await asyncio.sleep(0.5)
 
 
 async def run_jobs(api_url: str, token: str, limit: int) -> int:
-    # Piped output is not cut to 80 columns: a script reading it wants whole ids.
-    console = Console(width=None if sys.stdout.isatty() else 160)
-    async with httpx.AsyncClient(base_url=api_url, headers=_headers(token), timeout=30) as client:
-        response = await client.get("/api/jobs", params={"limit": limit})
+    console = _console()
+    try:
+        async with httpx.AsyncClient(base_url=api_url, headers=_headers(token), timeout=30) as client:
+            response = await client.get("/api/jobs", params={"limit": limit})
+    except httpx.TransportError as exc:
+        return _away(console, api_url, exc)
     if response.status_code != 200:
         return _explain(console, response)
     table = Table("id", "type", "status", "progress", "created", "assets")
