@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from typing import Any
 
 import httpx
@@ -12,11 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from jobs.status import JobStatus
-
-
-def _console() -> Console:
-    # Piped output is not cut to 80 columns: a script reading it wants whole ids and links.
-    return Console(width=None if sys.stdout.isatty() else 200)
+from ourvidz import terminal
 
 
 def _away(console: Console, api_url: str, exc: httpx.TransportError) -> int:
@@ -42,7 +37,7 @@ def _explain(console: Console, response: httpx.Response) -> int:
 
 async def run_submit(api_url: str, token: str, job_type: str, prompt: str, wait: bool,
                      negative_prompt: str | None, seed: int | None) -> int:
-    console = _console()
+    console = terminal.console()
     try:
         return await _submit(console, api_url, token, job_type, prompt, wait, negative_prompt, seed)
     except httpx.TransportError as exc:
@@ -91,7 +86,7 @@ async def _follow(client: httpx.AsyncClient, job_id: str, console: Console) -> d
 
 
 async def run_jobs(api_url: str, token: str, limit: int) -> int:
-    console = _console()
+    console = terminal.console()
     try:
         async with httpx.AsyncClient(base_url=api_url, headers=_headers(token), timeout=30) as client:
             response = await client.get("/api/jobs", params={"limit": limit})

@@ -27,6 +27,7 @@ from rich.console import Console
 
 from edge_api.settings import ApiSettings
 from jobs.webhooks import new_secret
+from ourvidz import terminal
 from ourvidz.instance import (
     SECRETS_FILE,
     AlreadyRunning,
@@ -244,7 +245,7 @@ async def _serve(data: DataDir, lock: InstanceLock, host: str, port: int) -> Non
     from edge_api.app import create_app
     from edge_api.auth import mint_token
 
-    console = Console()
+    console = terminal.console()
     first_run = not (data.root / SECRETS_FILE).exists()
     keys = data.secrets(create=True)
     await asyncio.to_thread(build_checkpoints, data)
