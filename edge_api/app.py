@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from edge_api import events, health, pages, routes
 from edge_api.errors import install_handlers
@@ -47,8 +48,9 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
         finally:
             await state.aclose()
 
-    app = FastAPI(title="ourvidz", version="0.1.0", lifespan=lifespan,
-                  description="Generation jobs for AI images and videos: the ourvidz worker API.")
+    # Swagger UI (/docs) and ReDoc (/redoc) from files in the package, not a CDN: they work offline.
+    app = FastAPIOffline(title="ourvidz", version="0.1.0", lifespan=lifespan,
+                         description="Generation jobs for AI images and videos: the ourvidz worker API.")
     install_handlers(app)
     app.include_router(routes.router, prefix="/api")
     # Supabase apps call `supabase.functions.invoke('queue-job')`; same routes, one schema entry.

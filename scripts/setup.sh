@@ -1,18 +1,24 @@
 #!/usr/bin/env bash
-# Sets up a fresh machine for ourvidz: a virtual environment with the project and its dev tools
-# (torch pinned to the CPU build 2.13.0), and the PostgreSQL and Redis binaries the tests start.
+# Sets up this machine for ourvidz: a virtual environment with the project (torch pinned to the CPU
+# build 2.13.0). `scripts/up.sh` needs only that. With `--tests` (scripts/test.sh) it adds the dev
+# tools and the system programs the tests start: PostgreSQL, Redis and Chromium (with apt, as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+extra=embedded
+[ "${1:-}" = "--tests" ] && extra=dev
 
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-# Reinstall only when pyproject.toml changed since the last install.
-if [ ! -f .venv/.ourvidz-installed ] || [ pyproject.toml -nt .venv/.ourvidz-installed ]; then
-    .venv/bin/pip install --quiet -e '.[dev]'
-    touch .venv/.ourvidz-installed
+# Reinstall only when pyproject.toml changed since the last install of this extra.
+marker=.venv/.ourvidz-installed-$extra
+if [ ! -f "$marker" ] || [ pyproject.toml -nt "$marker" ]; then
+    .venv/bin/pip install --quiet -e ".[$extra]"
+    touch "$marker"
 fi
+[ "$extra" = dev ] || exit 0
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The test command: sets up (scripts/setup.sh), lints, type-checks, then runs the whole suite against
+# The test command: sets up (scripts/setup.sh --tests), lints, type-checks, then runs the whole suite against
 # real PostgreSQL and Redis servers that the tests start on free ports. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --tests
 .venv/bin/ruff check .
 .venv/bin/mypy
 # The whole suite, the fault suite included (tests/faults: hundreds of jobs under worker kills, Redis and
