@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from edge_api.deps import CurrentUser, State
 from edge_api.errors import not_found
 from edge_api.settings import ApiSettings
-from jobs.catalog import JobSpec
+from jobs.catalog import Catalog, JobSpec
 from jobs.messages import ErrorEnvelope
 
 router = APIRouter()
@@ -64,22 +64,22 @@ class MeResponse(BaseModel):
     balance: int
 
 
-def job_type_info(spec: JobSpec) -> JobTypeInfo:
+def job_type_info(spec: JobSpec, catalog: Catalog) -> JobTypeInfo:
     video = spec.output.value == "video"
     return JobTypeInfo(
         job_type=spec.job_type, description=spec.description, family=spec.family.value,
         quality=spec.quality.value, output=spec.output.value, count=spec.num_outputs, width=spec.width,
         height=spec.height, frames=spec.frames, fps=spec.fps,
         duration_seconds=round(spec.frames / spec.fps, 2) if video and spec.fps else None,
-        content_type=spec.content_type, price=spec.price, expected_seconds=spec.reference_seconds,
+        content_type=spec.content_type, price=spec.price, expected_seconds=catalog.expected_seconds(spec.job_type),
         negative_prompt_supported=spec.negative_prompt_supported, enhanced=spec.enhanced, queue=spec.queue,
     )
 
 
 @router.get("/api/catalog", response_model=CatalogResponse, tags=["catalog"])
 async def catalog(state: State) -> CatalogResponse:
-    """The job types this deployment runs, with price (credits) and the reference's expected time."""
-    return CatalogResponse(job_types=[job_type_info(spec) for spec in state.catalog.values()])
+    """The job types this deployment runs, with price (credits) and the expected time (jobs.catalog)."""
+    return CatalogResponse(job_types=[job_type_info(spec, state.catalog) for spec in state.catalog.values()])
 
 
 @router.get("/api/me", response_model=MeResponse, tags=["account"], responses={401: {"model": ErrorEnvelope}})

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from edge_api.deps import CurrentUser, State
-from edge_api.errors import ApiError, not_found, unauthorized
+from edge_api.errors import ApiError, not_found
 from edge_api.submit import queue_depth, request_key, submit_job
 from edge_api.views import asset_view, decode_cursor, encode_cursor, job_view, wait_seconds
 from edge_api.webhook_outbox import log_of
@@ -147,6 +147,7 @@ async def delete_asset(asset_id: str, user: CurrentUser, state: State) -> dict[s
 async def queue_status(state: State) -> QueueStatus:
     """Depth per queue, live workers and wait estimates; answers (unhealthy) when the queue is down."""
     pending = await state.store.pending_by_queue()
+    running = await state.store.running()
     healthy = True
     try:
         workers = len(await state.queue.live_workers())
@@ -155,7 +156,8 @@ async def queue_status(state: State) -> QueueStatus:
         healthy, workers = False, 0
         depths = {q: len(pending.get((q, "queued"), [])) for q in QUEUES}
     queues = [QueueDepth(queue=q, depth=d, processing=len(pending.get((q, "processing"), [])),
-                         estimated_wait_seconds=wait_seconds(pending.get((q, "queued"), []), state.catalog, workers))
+                         estimated_wait_seconds=wait_seconds(pending.get((q, "queued"), []), state.catalog, workers,
+                                                             [(t, p) for rq, t, p in running if rq == q]))
               for q, d in depths.items()]
     return QueueStatus(queueDepth=sum(depths.values()), queues=queues, workers=workers, healthy=healthy)
 
@@ -167,7 +169,9 @@ async def job_callback(request: Request, state: State) -> JSONResponse:
     try:
         webhook_id = verify(state.settings.callback_secret, body, request.headers)
     except BadSignature as exc:
-        raise unauthorized(f"callback signature: {exc}") from exc
+        raise ApiError(401, "Authentication failed", f"callback signature: {exc}",
+                       suggested_action="Sign the callback with the API's OURVIDZ_CALLBACK_SECRET "
+                                        "(Standard Webhooks headers) and check the worker's clock.") from exc
     if not 1 <= len(webhook_id) <= 200:
         raise ApiError(400, "Invalid webhook-id", "it must be 1 to 200 characters")
     try:

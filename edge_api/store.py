@@ -196,6 +196,13 @@ class Store:
                 result.setdefault((str(row.queue), str(row.status)), []).append(str(row.job_type))
         return result
 
+    async def running(self) -> list[tuple[str, str, int]]:
+        """(queue, job type, progress) of each processing job: what the workers are busy with."""
+        query = (sa.select(jobs.c.queue, jobs.c.job_type, jobs.c.progress)
+                 .where(jobs.c.status == JobStatus.PROCESSING.value))
+        async with self.autocommit.connect() as conn:
+            return [(str(q), str(t), int(p)) for q, t, p in await conn.execute(query)]
+
     async def counts_by_type_and_status(self) -> list[tuple[str, str, int]]:
         query = sa.select(jobs.c.job_type, jobs.c.status, sa.func.count()).group_by(jobs.c.job_type, jobs.c.status)
         async with self.autocommit.connect() as conn:

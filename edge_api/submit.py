@@ -32,7 +32,7 @@ def resolve_spec(state: AppState, job_type: str) -> JobSpec:
     if spec is None:
         valid = ", ".join(state.catalog.job_types)
         raise ApiError(400, "Invalid job type", f"{job_type!r} is not one of: {valid}",
-                       suggested_action=f"Use one of: {valid}")
+                       suggested_action="Choose a job type listed in details (GET /api/catalog describes each).")
     return spec
 
 

@@ -7,6 +7,7 @@ import base64
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
 
 from edge_api.state import AppState
@@ -44,11 +45,18 @@ async def asset_view(state: AppState, row: Row) -> AssetView:
                      index=row["position"], metadata=row["metadata"], created_at=created)
 
 
-def wait_seconds(job_types: list[str] | dict[str, int], catalog: Catalog, workers: int) -> float:
-    """The reference's job times of the jobs ahead (a list, or counts by type), shared among the live workers."""
+def wait_seconds(job_types: list[str] | dict[str, int], catalog: Catalog, workers: int,
+                 running: Iterable[tuple[str, int]] = ()) -> float:
+    """The expected times of the jobs ahead (a list, or counts by type) and what remains of the running ones
+    (type, progress %), shared among the live workers."""
     counts = job_types if isinstance(job_types, dict) else Counter(job_types)
-    total = sum(catalog[t].reference_seconds * n for t, n in counts.items() if t in catalog)
+    total = sum(catalog.expected_seconds(t) * n for t, n in counts.items() if t in catalog)
+    total += sum(catalog.expected_seconds(t) * (100 - p) / 100 for t, p in running if t in catalog)
     return round(total / max(workers, 1), 1)
+
+
+async def running_on(state: AppState, queue: str) -> list[tuple[str, int]]:
+    return [(t, p) for q, t, p in await state.store.running() if q == queue]
 
 
 async def job_view(state: AppState, row: Row) -> JobView:
@@ -58,7 +66,8 @@ async def job_view(state: AppState, row: Row) -> JobView:
         ahead = await state.store.jobs_ahead(row)
         position = sum(ahead.values()) + 1
         ahead[row["job_type"]] = ahead.get(row["job_type"], 0) + 1  # its own run counts in the wait
-        wait = wait_seconds(ahead, state.catalog, await _live_worker_count(state))
+        wait = wait_seconds(ahead, state.catalog, await _live_worker_count(state),
+                            await running_on(state, row["queue"]))
     asset_rows = await state.store.assets_of_job(row["id"]) if status is JobStatus.COMPLETED else []
     assets = list(await asyncio.gather(*(asset_view(state, a) for a in asset_rows)))
     created = as_utc(row["created_at"])

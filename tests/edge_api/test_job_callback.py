@@ -14,7 +14,7 @@ import pytest
 from harness import Api
 
 from jobs.catalog import DEFAULT_CATALOG
-from jobs.webhooks import signed_headers
+from jobs.webhooks import new_secret, signed_headers
 
 
 @pytest.fixture
@@ -100,6 +100,15 @@ async def test_a_missing_signature_header_is_401(api: Api, user: uuid.UUID, head
     headers = signed_headers(api.settings.callback_secret, body, "msg_missing")
     del headers[header]
     assert_refused(await api.client.post("/api/job-callback", content=body, headers=headers), 401)
+
+
+async def test_a_bad_signature_is_401_pointing_at_the_callback_secret_not_at_signing_in(
+        api: Api, user: uuid.UUID) -> None:
+    job_id = await queued_job(api, user)
+    response = await api.callback({"job_id": job_id, "status": "processing"}, secret=new_secret())
+    assert_refused(response, 401)
+    advice = response.json()["suggestedAction"]
+    assert "OURVIDZ_CALLBACK_SECRET" in advice and "Sign in" not in advice
 
 
 async def test_the_functions_v1_prefix_takes_callbacks_too(api: Api, user: uuid.UUID) -> None:

@@ -67,6 +67,16 @@ async def test_a_job_leaves_the_queue_count_once_it_runs(api: Api, user: uuid.UU
     assert (await get_job(api, user, second))["queue_position"] == 1
 
 
+async def test_the_wait_counts_what_remains_of_the_running_job(api: Api, user: uuid.UUID) -> None:
+    await api.set_balance(user, 20)
+    first, second = [await api.submitted(user, "image_fast") for _ in range(2)]
+    assert (await api.claim(first)).status_code == 200
+    assert (await api.callback({"job_id": first, "status": "processing", "attempt": 1, "progress": 75})).status_code \
+        == 200
+    expected = DEFAULT_CATALOG.expected_seconds("image_fast")
+    assert (await get_job(api, user, second))["estimated_wait_seconds"] == round(expected * 1.25, 1)
+
+
 async def test_the_view_has_the_columns_client_apps_read(api: Api, user: uuid.UUID) -> None:
     await api.set_balance(user, 20)
     job_id = await api.submitted(user, "video7b_high_enhanced")

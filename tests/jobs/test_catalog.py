@@ -117,3 +117,16 @@ def test_override_of_a_field_that_is_not_tunable_is_refused() -> None:
 def test_override_of_an_unknown_job_type_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown job types"):
         DEFAULT_CATALOG.with_overrides({"video_ultra": {"steps": 1}})
+
+
+def test_a_fast_job_is_never_expected_to_take_longer_than_its_high_quality_twin() -> None:
+    for spec in DEFAULT_CATALOG.values():
+        twins = [t for t in DEFAULT_CATALOG.values() if t.quality != spec.quality and t.family == spec.family
+                 and t.output == spec.output and t.enhanced == spec.enhanced]
+        for twin in twins:
+            fast, high = (spec, twin) if spec.quality.value == "fast" else (twin, spec)
+            assert DEFAULT_CATALOG.expected_seconds(fast.job_type) <= DEFAULT_CATALOG.expected_seconds(high.job_type)
+    # The reference's own figures stay as measured, for the benchmarks.
+    assert DEFAULT_CATALOG["image7b_fast_enhanced"].reference_seconds == 233.5
+    assert DEFAULT_CATALOG.expected_seconds("image7b_fast_enhanced") == 104.0
+    assert DEFAULT_CATALOG.expected_seconds("video_fast") == DEFAULT_CATALOG["video_fast"].reference_seconds
