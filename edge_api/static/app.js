@@ -451,7 +451,7 @@ async function loadAssets(reset) {
   try {
     const page = await api(`/api/assets?${params}`);
     if (reset) list.replaceChildren();
-    list.append(...page.assets.map(assetCard));
+    addAssets(list, page.assets);
     state.cursor = page.next_cursor;
     $("more-assets").hidden = !page.next_cursor;
     status.textContent = list.children.length ? "" : (kind ? `No ${kind}s yet.` : "Nothing here yet: your images and videos will appear here.");
@@ -463,31 +463,54 @@ async function loadAssets(reset) {
   }
 }
 
-function assetCard(asset) {
-  const t = state.catalog.get(asset.bucket);
-  const label = assetLabel(t, asset.kind);
-  const name = `${asset.kind} from ${when(asset.created_at)}`;
-  const remove = el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete ${name}` });
-  const download = el("a", { href: asset.url, download: "", class: "download", text: "Download", "aria-label": `Download ${name}` });
-  const item = el("li", { class: "asset", "data-asset-id": asset.id, "data-kind": asset.kind },
-    el("div", { class: "thumb" }, media(asset, `${label}, ${name}`)),
-    el("div", { class: "asset-info" },
-      el("p", { class: "asset-title", text: label }),
-      el("p", { class: "hint", text: [when(asset.created_at), bytes(asset.size_bytes)].filter(Boolean).join(" · ") })),
-    el("div", { class: "asset-actions" }, download, remove));
-  remove.addEventListener("click", () => deleteAsset(asset, item, name));
-  return item;
+// One card per job: an SDXL job's six images together, a video on its own. Assets come newest first,
+// a job's files side by side, so a file joins the last card when it is of the same job (also across pages).
+function addAssets(list, assets) {
+  for (const asset of assets) {
+    let card = list.lastElementChild;
+    if (!card || card.dataset.jobId !== asset.job_id) {
+      card = jobCard(asset);
+      list.append(card);
+    }
+    const thumbs = card.querySelector(".thumbs");
+    thumbs.append(fileTile(asset, card.dataset.label));
+    card.classList.toggle("group", thumbs.children.length > 1);
+  }
 }
 
-async function deleteAsset(asset, item, name) {
+function jobCard(asset) {
+  const label = assetLabel(state.catalog.get(asset.bucket), asset.kind);
+  return el("li", { class: "asset", "data-job-id": asset.job_id, "data-kind": asset.kind, "data-label": label },
+    el("div", { class: "thumbs" }),
+    el("div", { class: "asset-info" },
+      el("p", { class: "asset-title", text: label }),
+      el("p", { class: "hint", text: when(asset.created_at) })));
+}
+
+function fileTile(asset, label) {
+  const name = `${asset.kind} ${asset.index + 1} from ${when(asset.created_at)}`;
+  const remove = el("button", { type: "button", class: "danger", text: "Delete", "aria-label": `Delete ${name}` });
+  const download = el("a", { href: asset.url, download: "", class: "download", text: "Download", "aria-label": `Download ${name}` });
+  const tile = el("figure", { class: "file", "data-asset-id": asset.id, title: bytes(asset.size_bytes) },
+    el("div", { class: "thumb" }, media(asset, `${label}, ${name}`)),
+    el("figcaption", { class: "asset-actions" }, download, remove));
+  remove.addEventListener("click", () => deleteAsset(asset, tile, name));
+  return tile;
+}
+
+async function deleteAsset(asset, tile, name) {
   if (!window.confirm(`Delete this ${name}? This cannot be undone.`)) return;
   const status = $("library-status");
   try {
     await api(`/api/assets/${encodeURIComponent(asset.id)}`, { method: "DELETE" });
-    const next = item.nextElementSibling || item.previousElementSibling;
-    item.remove();
+    const card = tile.closest("li");
+    const next = tile.nextElementSibling || tile.previousElementSibling || card.nextElementSibling || card.previousElementSibling;
+    tile.remove();
+    const left = card.querySelector(".thumbs").children.length;
+    if (!left) card.remove();
+    else card.classList.toggle("group", left > 1);
     status.textContent = `Deleted the ${name}.`;
-    // Keep the keyboard where it was: on the neighbouring card, or the list's heading.
+    // Keep the keyboard where it was: on the neighbouring file, or the list's heading.
     (next?.querySelector("button.danger") || $("kind-filter")).focus();
     if (!$("assets").children.length) loadAssets(true);
   } catch (error) {
@@ -544,6 +567,14 @@ document.addEventListener("visibilitychange", () => {
 });
 
 // --- Start ----------------------------------------------------------------------------------------
+
+// A `#token=` link opened in a tab already on this page changes only the hash: sign in from it too.
+window.addEventListener("hashchange", () => {
+  if (!new URLSearchParams(location.hash.slice(1)).get("token")) return;
+  tokenFromUrl();
+  state.token = localStorage.getItem(TOKEN_KEY);
+  signedIn();
+});
 
 tokenFromUrl();
 state.token = localStorage.getItem(TOKEN_KEY);

@@ -200,24 +200,26 @@ async def test_the_page_submits_watches_shows_and_deletes(small_api: Api, user: 
         await video.evaluate("v => v.pause()")
         await shots.take(page, "03-video-completed")
 
-        # The library: 6 images and 1 video, filtered, then one image deleted.
+        # The library: one card per job (the 6 images together, the video), filtered, then one image deleted.
         cards = page.locator("#assets > li")
-        await until(page, COUNT, ["#assets > li", 7])
+        await until(page, COUNT, ["#assets > li", 2])
+        await until(page, COUNT, ["#assets > li.group figure.file", 6])
         await page.select_option("#kind-filter", "video")
         await until(page, COUNT, ["#assets > li", 1])
         assert await cards.first.get_attribute("data-kind") == "video"
         await page.select_option("#kind-filter", "")
-        await until(page, COUNT, ["#assets > li", 7])
+        await until(page, COUNT, ["#assets figure.file", 7])
         await until(page, DECODED, "#assets img")
         await until(page, SHOWN, "#assets video")
         await shots.take(page, "04-library")
-        victim = cards.filter(has=page.locator("img")).first
+        victim = page.locator("#assets figure.file").filter(has=page.locator("img")).first
         asset_id = await victim.get_attribute("data-asset-id")
         assert asset_id
         page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
         await victim.get_by_role("button", name="Delete").click()
-        await until(page, COUNT, ["#assets > li", 6])
-        assert await page.locator(f"#assets > li[data-asset-id='{asset_id}']").count() == 0
+        await until(page, COUNT, ["#assets figure.file", 6])
+        await until(page, COUNT, ["#assets > li", 2])  # the job's card stays, with its five other images
+        assert await page.locator(f"#assets figure[data-asset-id='{asset_id}']").count() == 0
         assert "Deleted" in await page.inner_text("#library-status")
         gone = await api.client.delete(f"/api/assets/{asset_id}", headers=api.auth(user))
         assert gone.status_code == 404
@@ -307,3 +309,16 @@ async def test_the_api_docs_render_with_the_network_cut_off(api: Api, browser: A
     assert await page.locator(rendered).count() >= 10  # every operation of the schema is listed
     assert elsewhere == [] and errors == []
     await context.close()
+
+
+async def test_a_token_link_opened_in_a_tab_already_on_the_page_signs_in_without_a_reload(
+        api: Api, user: uuid.UUID, browser: Any) -> None:
+    await api.set_balance(user, 3)
+    watched = await open_page(browser, f"{api.url}/")
+    page = watched.page
+    assert await page.is_visible("#sign-in")
+    await page.evaluate("(token) => { location.hash = `token=${token}`; }", api.token(user))
+    await page.wait_for_selector("#app:not([hidden])")
+    await until(page, "() => document.querySelector('#balance-value').textContent === '3'")
+    assert "token" not in await page.evaluate("location.href")  # out of the address bar again
+    assert watched.problems() == []
