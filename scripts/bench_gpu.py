@@ -1,5 +1,5 @@
 """Times the three models on a CUDA GPU: SDXL, Wan 2.1 T2V 1.3B and the Qwen prompt enhancer, against the
-FLOP counts in /work/shared/ANCHORS.md and the reference's job times (catalog `reference_seconds`).
+published FLOP counts (docs/benchmarks.md, GPU) and the reference's job times (catalog `reference_seconds`).
 
 With random-weight checkpoints of the real architectures (`models.checkpoints.build_all(dir, "full")`, built
 once into `--checkpoints`; about 36 GB on disk, minutes to build) it measures:
@@ -39,11 +39,11 @@ REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a red fox running through fresh snow at golden hour, cinematic, shallow depth of field"
 SMOKE_BANNER = "*** CPU SMOKE MODE: tiny random models at small sizes. These are NOT GPU figures. ***"
 
-# --- FLOP counts (ANCHORS.md) and GPU peaks ------------------------------------------------------------------------
+# --- FLOP counts (published figures, docs/benchmarks.md) and GPU peaks ---------------------------------------------
 
-SDXL_UNET_FORWARD_1024 = 6.76e12  # one image at 1024x1024, one UNet forward [derived, ANCHORS]
-SDXL_VAE_DECODE_1024 = 10.5e12  # one image at 1024x1024 [derived, ANCHORS]
-WAN_VAE_DECODE_81 = 275e12  # 81 x 480 x 832 [derived, ANCHORS]
+SDXL_UNET_FORWARD_1024 = 6.76e12  # one image at 1024x1024, one UNet forward [derived from the published count]
+SDXL_VAE_DECODE_1024 = 10.5e12  # one image at 1024x1024 [derived from the published count]
+WAN_VAE_DECODE_81 = 275e12  # 81 x 480 x 832 [derived from the published count]
 UMT5_ENCODE = 4.7e12  # UMT5-XXL encoder over 512 tokens: 24 layers x 512 x (2 x 4 x 4096^2 + 2 x 3 x 4096 x 10240)
 WAN_DIM, WAN_FFN, WAN_LAYERS, WAN_TEXT_TOKENS = 1536, 8960, 30, 512
 
@@ -84,7 +84,7 @@ def wan_tokens(frames: int, width: int, height: int) -> int:
 def wan_forward_flops(frames: int, width: int, height: int) -> float:
     """One DiT forward: self-attention projections and scores, cross-attention to 512 text tokens, the FFN.
 
-    At 81 x 480 x 832 (32,760 tokens) it gives 283 T, 70 % of it attention: ANCHORS' figure.
+    At 81 x 480 x 832 (32,760 tokens) it gives 283 T, 70 % of it attention: the published figure.
     """
     n, d, f, text = wan_tokens(frames, width, height), WAN_DIM, WAN_FFN, WAN_TEXT_TOKENS
     per_layer = 8 * n * d * d + 4 * n * n * d + 4 * n * d * d + 4 * text * d * d + 4 * n * text * d + 4 * n * d * f
@@ -552,9 +552,9 @@ def report(bench: Bench, args: argparse.Namespace, device_name: str) -> None:
     print(markdown_table(["case", "seconds", "PFLOP", "TFLOPS", "MFU %", "reference job", "reference s",
                           "speed-up", "note"], rows))
     print()
-    print("FLOPs from ANCHORS.md: SDXL 6.76 T per image per UNet forward and 10.5 T per VAE decode at 1024x1024 "
+    print("FLOPs (published figures): SDXL 6.76 T per image per UNet forward and 10.5 T per VAE decode at 1024x1024 "
           "(scaled by pixels), CFG doubles the UNet/DiT passes; Wan DiT counted layer by layer (283 T per forward "
-          "at 81 x 480 x 832, as ANCHORS), VAE 275 T at 81 frames (scaled by frames and pixels), UMT5 4.7 T; Qwen "
+          "at 81 x 480 x 832, as published), VAE 275 T at 81 frames (scaled by frames and pixels), UMT5 4.7 T; Qwen "
           "2 x parameters per token. n/a: tiny models (the counts are for the real architectures) or no known peak.")
     print()
     print(markdown_table(["model", "load seconds (from disk to the device)"], bench.loads))

@@ -1,6 +1,6 @@
 """The API SIGKILLed at random moments under load, some of them between a job's commit and its queue push.
 
-`POST /api/queue-job` commits the job and its charge, then pushes (a transactional outbox, DESIGN §4).
+`POST /api/queue-job` commits the job and its charge, then pushes (a transactional outbox, docs/lifecycle.md).
 Here the API runs in a process of its own, its Redis reached through a proxy that slows every
 command, so that kills often land after the commit and before the push. Clients retry with their
 `Idempotency-Key` until answered; the restarted API's sweeper pushes the committed jobs; workers

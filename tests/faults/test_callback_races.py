@@ -4,7 +4,7 @@ Each job is claimed through the real queue and reported through the real API: th
 is replayed 5 times at once with one `webhook-id`; half of the jobs are handed back and claimed again,
 so that their first attempt's late `completed` is stale; then, with the job past its deadline, the
 current attempt's `completed` (replayed 5 times at once) races the sweeper that fails and refunds
-overdue jobs (DESIGN §4: "callbacks are idempotent by webhook-id and fenced by the attempt").
+overdue jobs (docs/lifecycle.md: "callbacks are idempotent by webhook-id and fenced by the attempt").
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 none is refused while it was there, and cancels racing each other refund each job once.
 
 Each round gives the user a balance, fires many submits of mixed prices at once, then cancels every
-accepted job twice at once; the balance must come back to where it started (DESIGN §4: "decrement
+accepted job twice at once; the balance must come back to where it started (docs/lifecycle.md: "decrement
 the balance, refusing to go below zero"; "charge and refund are each recorded once").
 """
 

@@ -2,7 +2,7 @@
 and when the worker wakes (SIGCONT) and reports its stale result, nothing changes.
 
 The hang outlasts the job's deadline but not the worker's heartbeat TTL, as a worker stuck in a
-driver call would: the deadline, not the dead-worker pass, must end the job (DESIGN §4: "fails a job
+driver call would: the deadline, not the dead-worker pass, must end the job (docs/lifecycle.md: "fails a job
 ... after its deadline ... and refunds it").
 """
 

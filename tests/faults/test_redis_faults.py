@@ -1,6 +1,6 @@
 """Redis loses its data or goes away while jobs are submitted, queued and running: nothing is lost or half-made.
 
-Postgres is the record and Redis is rebuilt from it (DESIGN §4): a FLUSHALL or a restart without
+Postgres is the record and Redis is rebuilt from it (docs/lifecycle.md): a FLUSHALL or a restart without
 persistence loses queue messages, processing lists and heartbeats, and the sweeper pushes the
 jobs again; a Redis that cannot be reached makes submits answer 503 with `Retry-After` and leave
 no row, no ledger entry and no balance change behind.

@@ -3,7 +3,7 @@ replayed, stale, forged by a reused webhook-id), dead workers, Redis flushes, sw
 cancels, against the real API, Postgres and Redis. After every step the store keeps its promises.
 
 Workers are simulated at the protocol level (the real queue claim, signed callbacks over HTTP): the
-point is the API's state machine (DESIGN §4), not generation. The machine runs in a thread; each step
+point is the API's state machine (docs/lifecycle.md), not generation. The machine runs in a thread; each step
 runs its coroutine on the test's event loop, where the API serves.
 """
 

@@ -2,7 +2,7 @@
 
 Both replicas run their sweeper every 0.1 s, and both are made to believe they hold the leader lock,
 so that their passes overlap all the time (the lock makes that rare; the store's conditional moves and
-the ledger's `unique (job_id, kind)` must make it harmless, DESIGN §4). The sweepers get work: Redis
+the ledger's `unique (job_id, kind)` must make it harmless, docs/lifecycle.md). The sweepers get work: Redis
 is flushed (jobs to push again), workers die holding jobs (messages to hand back), workers hang
 (deadlines to enforce and refund), while real workers run the rest.
 """

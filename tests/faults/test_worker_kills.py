@@ -2,7 +2,7 @@
 
 Each worker is `python -m ourvidz worker` in a session of its own; SIGKILL takes it and its model process
 at once, wherever they are (claiming, generating, encoding, uploading, calling back). Its heartbeat
-expires, the sweeper hands its message back, and another worker runs the job (DESIGN §4, §5).
+expires, the sweeper hands its message back, and another worker runs the job (docs/lifecycle.md).
 """
 
 from __future__ import annotations

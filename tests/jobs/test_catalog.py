@@ -1,4 +1,4 @@
-"""The catalog: ten job types with the values of DESIGN §3, immutable, tunable only through overrides."""
+"""The catalog: ten job types with the reference's values, immutable, tunable only through overrides."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from jobs.catalog import DEFAULT_CATALOG, MB, QUEUES, SDXL_QUEUE, TUNABLE, WAN_QUEUE, Catalog, Family, OutputKind
 
-# job type: (queue, outputs, kind, width, height, frames, enhanced, bucket limit in MB), from DESIGN §3.
+# job type: (queue, outputs, kind, width, height, frames, enhanced, bucket limit in MB), from the reference.
 TABLE = {
     "sdxl_image_fast": (SDXL_QUEUE, 6, "image", 1024, 1024, 1, False, 5),
     "sdxl_image_high": (SDXL_QUEUE, 6, "image", 1024, 1024, 1, False, 10),

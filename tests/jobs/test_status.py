@@ -11,7 +11,7 @@ from jobs.status import TRANSITIONS, IllegalTransition, JobStatus
 Q, P, C, F, X = (JobStatus.QUEUED, JobStatus.PROCESSING, JobStatus.COMPLETED, JobStatus.FAILED,
                  JobStatus.CANCELED)
 
-# The arrows of the diagram in DESIGN §4, written out independently of jobs/status.py.
+# The arrows of the diagram in docs/lifecycle.md, written out independently of jobs/status.py.
 DIAGRAM = {
     (Q, P),  # claim
     (Q, X),  # cancel
