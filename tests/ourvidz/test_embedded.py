@@ -78,6 +78,11 @@ async def test_submit_wait_against_ourvidz_up_prints_the_six_images(tmp_path: Pa
         assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
         listing = await _cli("jobs", "--api-url", url, "--data-dir", str(data))
         assert "sdxl_image_fast" in listing.stdout and "completed" in listing.stdout
+        # Piped, not cut at 80 columns: the job's whole id on its row.
+        token = (await _cli("token", "--data-dir", str(data))).stdout.strip()
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as client:
+            [job] = (await client.get(f"{url}/api/jobs")).json()
+        assert any(job["id"] in line and "completed" in line for line in listing.stdout.splitlines())
     assert (data / "secrets.json").stat().st_mode & 0o077 == 0  # the instance's secrets are private
 
 
@@ -117,6 +122,9 @@ async def test_a_restart_of_ourvidz_up_during_a_video_job_completes_that_job_onc
     # not after the 120 s lease of the stopped one: the new worker claims it on its first try.
     print(f"[embedded] the handed-back job ran again {resumed_after:.1f} s after the restart")  # noqa: T201
     assert resumed_after is not None and resumed_after < 30.0, resumed_after
+    # The restarted `up` built nothing and imported no model library: its console shows neither.
+    restart_log = sorted(tmp_path.glob("up-*.log"), key=lambda f: f.stat().st_mtime)[-1].read_text()
+    assert "torchvision" not in restart_log and "Building" not in restart_log, restart_log
     log = (data / "worker.log").read_text()
     assert "held by another worker" not in log and log.count("claimed, attempt 2") == 1
     assert len(job["assets"]) == 1
@@ -236,3 +244,15 @@ async def test_the_cli_with_the_api_away_answers_in_one_line(tmp_path: Path) -> 
         result = await _cli(*args, "--api-url", f"http://127.0.0.1:{free_port()}", "--token", "t")
         assert result.returncode == 1
         assert result.stdout.count("\n") == 1 and "No ourvidz API answers" in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize(("command", "options"), [("jobs", ["--limit", "--data-dir", "--api-url", "--token"]),
+                                                  ("token", ["--days", "--user-id"]), ("up", ["--verbose", "--port"])])
+async def test_every_option_of_the_cli_has_help(command: str, options: list[str]) -> None:
+    result = await _cli(command, "--help")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    for option in options:
+        [line] = [line for line in lines if line.lstrip("│ ").startswith(f"{option} ")]
+        described = line.split(option, 1)[1].split(">", 1)[-1].strip(" │")
+        assert described and not described.startswith("["), line  # a sentence beside it, not only its default
