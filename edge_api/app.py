@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from edge_api import events, health, pages, routes
@@ -20,6 +21,10 @@ from edge_api.views import job_view
 from edge_api.webhook_delivery import DeliveryPolicy, WebhookSender
 
 log = logging.getLogger(__name__)
+
+CORS_METHODS = ["GET", "POST", "DELETE", "OPTIONS"]
+# What supabase-js and supabase-py send with `functions.invoke`, and this API's own Idempotency-Key.
+CORS_HEADERS = ["authorization", "x-client-info", "apikey", "content-type", "idempotency-key"]
 
 
 def _webhook_sender(state: AppState) -> WebhookSender:
@@ -60,4 +65,7 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.include_router(pages.router)
     app.add_middleware(RequestMetrics)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Outermost, so that every answer (a 413 or a 503 among them) carries the headers a browser needs.
+    app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=CORS_METHODS,
+                       allow_headers=CORS_HEADERS, expose_headers=["Retry-After"], max_age=600)
     return app

@@ -33,6 +33,8 @@ class ApiSettings(StorageSettings):
 
     callback_secret: str = ""
     public_base_url: str = ""
+    # Origins whose pages may call the API (CORS), comma-separated; `*` suits bearer-token auth (no cookies).
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
 
     # Storage (a local folder or Supabase Storage, see StorageSettings); the secret signs local URLs.
     files_secret: str = ""
@@ -77,7 +79,7 @@ class ApiSettings(StorageSettings):
     webhook_poll_seconds: float = Field(default=1.0, gt=0)
     webhook_concurrency: int = Field(default=16, ge=1)
 
-    @field_validator("webhook_events", mode="before")
+    @field_validator("webhook_events", "cors_origins", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         # `OURVIDZ_WEBHOOK_EVENTS=completed,failed`, like the worker's `OURVIDZ_QUEUES`.

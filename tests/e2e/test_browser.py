@@ -322,3 +322,36 @@ async def test_a_token_link_opened_in_a_tab_already_on_the_page_signs_in_without
     await until(page, "() => document.querySelector('#balance-value').textContent === '3'")
     assert "token" not in await page.evaluate("location.href")  # out of the address bar again
     assert watched.problems() == []
+
+
+async def test_a_page_on_another_origin_submits_and_reads_a_job(api: Api, user: uuid.UUID, browser: Any) -> None:
+    from harness import serve_asgi
+    from starlette.responses import HTMLResponse
+
+    await api.set_balance(user, 5)
+    page_html = HTMLResponse("<!doctype html><title>another app</title><p>app</p>")
+
+    async def other_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await page_html(scope, receive, send)
+
+    async with serve_asgi(other_app) as other_url:
+        context = await browser.new_context()
+        page = await context.new_page()
+        await page.goto(other_url)
+        # What supabase-js sends with functions.invoke, plus an Idempotency-Key: a preflighted request.
+        result = await page.evaluate("""async ([api, token]) => {
+            const headers = {"Authorization": `Bearer ${token}`, "apikey": "anon-key", "x-client-info": "supabase-js/2",
+                             "Content-Type": "application/json", "Idempotency-Key": "cross-origin-1"};
+            const body = JSON.stringify({jobType: "sdxl_image_fast", metadata: {prompt: "a fox"}});
+            const made = await fetch(`${api}/functions/v1/queue-job`, {method: "POST", headers, body});
+            const job = (await made.json()).job;
+            const read = await fetch(`${api}/api/jobs/${job.id}`, {headers: {"Authorization": `Bearer ${token}`}});
+            return [made.status, read.status, (await read.json()).status];
+        }""", [api.url, api.token(user)])
+        await context.close()
+    assert result == [200, 200, "queued"]
