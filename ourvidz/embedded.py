@@ -99,7 +99,7 @@ def api_settings(data: DataDir, public_base_url: str = "") -> ApiSettings:
     )
 
 
-def worker_environment(data: DataDir, api_url: str) -> dict[str, str]:
+def worker_environment(data: DataDir, api_url: str, worker_id: str) -> dict[str, str]:
     keys = data.secrets()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OURVIDZ_")}
     env.update({
@@ -107,24 +107,25 @@ def worker_environment(data: DataDir, api_url: str) -> dict[str, str]:
         "OURVIDZ_CALLBACK_SECRET": keys.callback_secret, "OURVIDZ_STORAGE": "local",
         "OURVIDZ_STORAGE_DIR": str(data.storage.resolve()), "OURVIDZ_CHECKPOINTS_DIR": str(data.checkpoints.resolve()),
         "OURVIDZ_BUILD_CHECKPOINTS": "tiny", "OURVIDZ_DEVICE": "cpu", "OURVIDZ_WORK_DIR": str(data.work.resolve()),
-        "OURVIDZ_QUEUES": "sdxl_queue,wan_queue", "OURVIDZ_WORKER_ID": f"embedded-{uuid.uuid4().hex[:8]}",
+        "OURVIDZ_QUEUES": "sdxl_queue,wan_queue", "OURVIDZ_WORKER_ID": worker_id,
         # Ctrl-C should stop quickly: a job still running after this is handed back and resumed next time.
         "OURVIDZ_SHUTDOWN_GRACE_SECONDS": os.environ.get("OURVIDZ_SHUTDOWN_GRACE_SECONDS", "3"),
     })
     return env
 
 
-async def recover_after_restart(settings: ApiSettings, user_id: uuid.UUID) -> tuple[int, int]:
+async def recover_after_restart(settings: ApiSettings, user_id: uuid.UUID, keep: str) -> tuple[int, int]:
     """Jobs held by the previous run's worker go back to the queue now, not after its heartbeat expires.
 
-    Only an instance holding the folder's lock runs this: any worker registered is the previous run's.
-    Returns how many workers were retired, and the instance user's balance.
+    Only an instance holding the folder's lock runs this: any worker registered but `keep` (this run's,
+    already loading its models) is the previous run's. Returns how many workers were retired, and the
+    instance user's balance.
     """
     from edge_api.state import open_state
 
     state = await open_state(settings)
     try:
-        workers = await state.queue.live_workers()
+        workers = [w for w in await state.queue.live_workers() if w != keep]
         for worker_id in workers:
             await state.queue.retire(worker_id)
         await state.sweeper.sweep()
@@ -149,6 +150,11 @@ class WorkerSupervisor:
         self._process: asyncio.subprocess.Process | None = None
         self._stopping = False
         self.restarts = 0
+        self.worker_id = self._new_id()
+
+    @staticmethod
+    def _new_id() -> str:
+        return f"embedded-{uuid.uuid4().hex[:8]}"
 
     async def run(self) -> None:
         while not self._stopping:
@@ -157,11 +163,12 @@ class WorkerSupervisor:
                 # first (it hands its job back while the API still answers), then the API.
                 self._process = await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "ourvidz", "worker", "--queues", "sdxl,wan",
-                    env=worker_environment(self._data, self._api_url), stdout=sink, stderr=sink,
+                    env=worker_environment(self._data, self._api_url, self.worker_id), stdout=sink, stderr=sink,
                     cwd=Path(__file__).resolve().parent.parent, start_new_session=True, preexec_fn=_die_with_parent)
                 code = await self._process.wait()
             if not self._stopping:
                 self.restarts += 1
+                self.worker_id = self._new_id()
                 log.warning("the worker exited with code %s; restarting it (see %s)", code, self._log_file)
                 await asyncio.sleep(1.0)
 
@@ -251,10 +258,6 @@ async def _serve(data: DataDir, lock: InstanceLock, host: str, port: int) -> Non
     await asyncio.to_thread(build_checkpoints, data)
     base_url = f"http://{host}:{port}"
     settings = api_settings(data)
-    recovered, balance = await recover_after_restart(settings, uuid.UUID(keys.user_id))
-    if recovered:
-        console.print("Resuming the jobs that were running when this instance last stopped.")
-    server = _Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning"))
     supervisor = WorkerSupervisor(data, base_url, data.root / "worker.log")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -266,9 +269,17 @@ async def _serve(data: DataDir, lock: InstanceLock, host: str, port: int) -> Non
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    worker_task = asyncio.create_task(supervisor.run())  # it loads its models while the API starts
-    serving = asyncio.create_task(server.serve())
+    # The worker first: loading its models takes the longest, and a job handed back at the last stop
+    # runs as soon as they are in memory. Its callbacks wait (retried) until the API answers.
+    worker_task = asyncio.create_task(supervisor.run())
+    server = _Server(uvicorn.Config(create_app(settings), host=host, port=port, log_level="warning"))
+    serving: asyncio.Task[None] | None = None
     try:
+        recovered, balance = await recover_after_restart(settings, uuid.UUID(keys.user_id),
+                                                         keep=supervisor.worker_id)
+        if recovered:
+            console.print("Resuming the jobs that were running when this instance last stopped.")
+        serving = asyncio.create_task(server.serve())
         while not server.started and not serving.done():  # noqa: ASYNC110 (uvicorn offers no event)
             await asyncio.sleep(0.05)
         if not serving.done():
@@ -282,7 +293,8 @@ async def _serve(data: DataDir, lock: InstanceLock, host: str, port: int) -> Non
     finally:
         await supervisor.stop()
         server.should_exit = True
-        await serving
+        if serving is not None:
+            await serving
         worker_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await worker_task
