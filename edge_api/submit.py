@@ -133,7 +133,8 @@ async def submit_job(state: AppState, user: User, request: QueueJobRequest, key:
         state.metrics.jobs_submitted.labels(spec.job_type).inc()
     return QueueJobResponse(
         job=job_summary(row), message=f"{spec.job_type} job queued" if created else "job already queued",
-        queueLength=depth, modelVariant=spec.model_variant, isSDXL=spec.is_sdxl,
+        queueLength=depth, modelVariant=spec.model_variant, jobType=spec.job_type, queue=spec.queue,
+        isSDXL=spec.is_sdxl,
         negativePromptSupported=spec.negative_prompt_supported,
     )
 

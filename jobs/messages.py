@@ -110,6 +110,9 @@ class QueueJobResponse(BaseModel):
     message: str
     queueLength: int
     modelVariant: str
+    # Also returned by the ourvidz `queue-job` edge function that apps call today.
+    jobType: str
+    queue: str
     isSDXL: bool
     negativePromptSupported: bool
 

@@ -70,6 +70,7 @@ async def test_the_openapi_schema_describes_the_reference_routes(api: Api) -> No
         assert ref.endswith("/ErrorEnvelope")
     components = schema["components"]["schemas"]
     assert set(components["QueueJobResponse"]["properties"]) == {
-        "success", "job", "message", "queueLength", "modelVariant", "isSDXL", "negativePromptSupported"}
+        "success", "job", "message", "queueLength", "modelVariant", "isSDXL", "negativePromptSupported", "jobType",
+        "queue"}
     assert {"success", "error", "details", "retryable", "suggestedAction"} <= set(
         components["ErrorEnvelope"]["properties"])

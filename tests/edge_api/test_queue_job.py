@@ -69,7 +69,8 @@ async def test_response_has_exactly_the_reference_shape(api: Api, user: uuid.UUI
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"success", "job", "message", "queueLength", "modelVariant", "isSDXL",
-                         "negativePromptSupported"}
+                         "negativePromptSupported", "jobType", "queue"}
+    assert (body["jobType"], body["queue"]) == (job_type, spec.queue)  # as the ourvidz edge function answers
     assert set(body["job"]) == {"id", "user_id", "job_type", "status", "created_at", "metadata"}
     assert body["success"] is True
     assert isinstance(body["message"], str) and body["message"]
