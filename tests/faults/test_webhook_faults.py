@@ -125,6 +125,7 @@ async def test_webhooks_lose_duplicate_reorder_and_misdeliver_nothing_through_ap
             return 500
         return 200
 
+    api: Proc | None = None
     try:
         async with engine.begin() as conn:
             await conn.execute(upsert(engine, profiles).values(id=user, token_balance=total))
@@ -136,7 +137,7 @@ async def test_webhooks_lose_duplicate_reorder_and_misdeliver_nothing_through_ap
                 "webhook_retry_base_seconds": 0.1, "webhook_retry_max_interval_seconds": 1.0,
                 "sweeper_enabled": True, "sweep_interval_seconds": 0.5})
             log = tmp_path / "api.log"
-            api: Proc | None = await start_api(settings, port, log)
+            api = await start_api(settings, port, log)
             driver = Driver(client, settings, _token(settings, user))
             endings = [random.choice(list(ENDINGS)) for _ in range(total)]
             jobs = [await driver.submit(receiver.at(f"/hook/{n}"), f"key-{n}") for n in range(total)]
@@ -192,6 +193,9 @@ async def test_webhooks_lose_duplicate_reorder_and_misdeliver_nothing_through_ap
                connection_errors=driver.connection_errors, **faults)
         assert out_of_order == 0 and wrongly_delivered == 0
     finally:
+        if api is not None and api.process.returncode is None:  # a failed check must not leave the API running
+            api.signal(signal.SIGKILL)
+            await api.process.wait()
         await engine.dispose()
 
 
