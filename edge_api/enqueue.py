@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from edge_api.dispatch import Dispatcher
 from edge_api.store import Store
 from jobs.catalog import Catalog, JobSpec
 from jobs.db import StoreUnavailable, as_utc, utcnow
-from jobs.messages import JobConfig, QueueMessage
+from jobs.messages import MAX_SEED, JobConfig, QueueMessage
 from jobs.queue import Queue
 
 log = logging.getLogger(__name__)
@@ -24,10 +25,26 @@ def job_config(spec: JobSpec, seed: int) -> JobConfig:
     )
 
 
+class UnknownJobType(ValueError):
+    """A row of a job type this catalog does not run (written by another producer): it has no message."""
+
+
+def seed_of(row: dict[str, Any]) -> int:
+    """The job's seed; a row written without one (by another producer) gets one drawn from its id, the same
+    at every rebuild of its message, and recorded in that message."""
+    seed = (row["metadata"] or {}).get("seed")
+    if isinstance(seed, int | str) and str(seed).isdigit():
+        return int(seed)
+    return uuid.UUID(str(row["id"])).int & MAX_SEED
+
+
 def build_message(row: dict[str, Any], catalog: Catalog) -> QueueMessage:
     """The message existing ourvidz workers read, from the job row (so the sweeper can rebuild it)."""
-    spec = catalog[row["job_type"]]
-    meta = row["metadata"]
+    spec = catalog.get(row["job_type"])
+    if spec is None:
+        raise UnknownJobType(f"job {row['id']}: {row['job_type']!r} is not a job type of this catalog")
+    meta = row["metadata"] or {}
+    seed = seed_of(row)
     created = as_utc(row["created_at"])
     assert created is not None
     return QueueMessage(
@@ -35,9 +52,9 @@ def build_message(row: dict[str, Any], catalog: Catalog) -> QueueMessage:
         created_at=created, negative_prompt=meta.get("negative_prompt") if spec.negative_prompt_supported else None,
         video_id=_str_or_none(row.get("video_id")), image_id=_str_or_none(row.get("image_id")),
         project_id=_str_or_none(row.get("project_id")), model_variant=spec.model_variant, bucket=spec.bucket,
-        config=job_config(spec, int(meta["seed"])),
+        config=job_config(spec, seed),
         metadata={"num_images": spec.num_outputs, "queue_timestamp": utcnow().timestamp(),
-                  "credits": row["price"], "seed": meta["seed"], "job_type": spec.job_type},
+                  "credits": row["price"], "seed": seed, "job_type": spec.job_type},
     )
 
 

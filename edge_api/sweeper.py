@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from edge_api import transitions
 from edge_api.dispatch import Dispatcher
-from edge_api.enqueue import push_job
+from edge_api.enqueue import UnknownJobType, push_job
 from edge_api.store import Store
 from edge_api.transitions import Row
 from jobs.catalog import Catalog
@@ -50,7 +50,10 @@ class Sweeper:
         return self._dispatcher is not None and self._dispatcher.serves(row["queue"])
 
     async def _push(self, row: Row) -> None:
-        await push_job(self._store, self._queue, row, self._catalog, self._dispatcher)
+        try:
+            await push_job(self._store, self._queue, row, self._catalog, self._dispatcher)
+        except UnknownJobType as exc:  # one foreign row must not stop the pass; its queue deadline ends it
+            log.warning("sweeper skips %s", exc)
 
     async def run_forever(self) -> None:
         while True:

@@ -98,6 +98,26 @@ async def test_a_job_whose_push_never_happened_is_pushed(api: Api, user: uuid.UU
     assert (await api.job_row(str(row["id"])))["enqueued_at"] is not None
 
 
+async def test_rows_of_another_producer_without_a_seed_or_of_an_unknown_type_do_not_stop_the_pass(
+        api: Api, user: uuid.UUID) -> None:
+    # An older ourvidz `queue-job` writes no seed; another producer may write a type this catalog lacks.
+    await api.set_balance(user, 10)
+    spec = DEFAULT_CATALOG["image_fast"]
+    unseeded = NewJob(user_id=user, spec=spec, max_attempts=3, metadata={"prompt": "old row", "credits": 1})
+    row, _ = await api.state.store.create_job(unseeded, starting_credits=0)
+    foreign, _ = await api.state.store.create_job(NewJob(user_id=user, spec=spec, max_attempts=3,
+                                                         metadata={"prompt": "x"}), starting_credits=0)
+    async with api.state.engine.begin() as conn:
+        await conn.execute(sa.update(jobs).where(jobs.c.id == foreign["id"]).values(job_type="video_ultra"))
+    await api.state.sweeper.sweep()
+    [message] = await api.queued_messages(WAN_QUEUE)
+    assert message["id"] == str(row["id"]) and message["config"]["seed"] == message["metadata"]["seed"]
+    await flush_redis(api)
+    await api.state.sweeper.sweep()  # rebuilt: the same seed, drawn from the job's id
+    [again] = await api.queued_messages(WAN_QUEUE)
+    assert again["config"]["seed"] == message["config"]["seed"]
+
+
 async def test_a_fresh_unpushed_job_is_left_to_the_api_within_the_grace(api: Api, user: uuid.UUID) -> None:
     await api.set_balance(user, 5)
     spec = DEFAULT_CATALOG["image_fast"]
