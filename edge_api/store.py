@@ -79,6 +79,21 @@ class NewJob:
     webhook_events: list[str] | None = None
 
 
+def job_row(new: NewJob) -> Row:
+    """The new job's row: every column the insert writes."""
+    spec = new.spec
+    now = utcnow()
+    return {
+        "id": uuid.uuid4(), "user_id": new.user_id, "job_type": spec.job_type, "format": spec.output.value,
+        "quality": spec.quality.value, "model_type": spec.family.value, "status": JobStatus.QUEUED.value,
+        "metadata": new.metadata, "attempts": 0, "max_attempts": new.max_attempts, "created_at": now,
+        "project_id": new.project_id, "image_id": new.image_id, "video_id": new.video_id,
+        "queue": spec.queue, "price": spec.price, "progress": 0, "idempotency_key": new.idempotency_key,
+        "request_hash": new.request_hash, "updated_at": now, "webhook_url": new.webhook_url,
+        "webhook_events": new.webhook_events,
+    }
+
+
 class Store:
     def __init__(self, engine: AsyncEngine, hot: Runner | None = None) -> None:
         self.engine = engine
@@ -98,17 +113,8 @@ class Store:
         The caller looks the Idempotency-Key up first; a concurrent request with the same key loses
         on the unique constraint here and gets the winner's job.
         """
-        job_id = uuid.uuid4()
-        spec = new.spec
-        values = {
-            "id": job_id, "user_id": new.user_id, "job_type": spec.job_type, "format": spec.output.value,
-            "quality": spec.quality.value, "model_type": spec.family.value, "status": JobStatus.QUEUED.value,
-            "metadata": new.metadata, "attempts": 0, "max_attempts": new.max_attempts, "created_at": utcnow(),
-            "project_id": new.project_id, "image_id": new.image_id, "video_id": new.video_id,
-            "queue": spec.queue, "price": spec.price, "progress": 0, "idempotency_key": new.idempotency_key,
-            "request_hash": new.request_hash, "updated_at": utcnow(), "webhook_url": new.webhook_url,
-            "webhook_events": new.webhook_events,
-        }
+        values = job_row(new)
+        job_id, spec = values["id"], new.spec
         # A job whose webhook wants `queued` records that event in the transaction that creates it.
         in_one_statement = not webhook_outbox.wants(values, "queued")
         try:

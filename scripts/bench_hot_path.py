@@ -21,7 +21,6 @@ import os
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -85,7 +84,7 @@ async def measure(servers: Servers, count: int) -> list[list[object]]:
     from edge_api.direct import EngineRunner, json_codecs
     from edge_api.settings import ApiSettings
     from edge_api.state import open_state
-    from edge_api.store import CHARGE_AND_INSERT, MARK_ENQUEUED
+    from edge_api.store import CHARGE_AND_INSERT, MARK_ENQUEUED, job_row
     from edge_api.submit import _new_job, resolve_spec, submit_job
     from jobs.db import utcnow
     from jobs.messages import QueueJobRequest
@@ -109,13 +108,8 @@ async def measure(servers: Servers, count: int) -> list[list[object]]:
             verifier = Authenticator(settings.jwt_audience, settings.jwt_secret, verified=VerifiedTokens(size=1))
 
             def charge_params(i: int) -> dict[str, Any]:
-                new = _new_job(state, user, request, spec, None)
-                values = {"id": uuid.uuid4(), "user_id": new.user_id, "job_type": spec.job_type,
-                          "format": spec.output.value, "quality": spec.quality.value, "model_type": spec.family.value,
-                          "status": "queued", "metadata": new.metadata, "attempts": 0, "max_attempts": 3,
-                          "created_at": utcnow(), "project_id": None, "image_id": None, "video_id": None,
-                          "queue": spec.queue, "price": spec.price, "progress": 0, "idempotency_key": None,
-                          "request_hash": None, "updated_at": utcnow()}
+                new = _new_job(state, user, request, spec, None, (None, None))  # no webhook
+                values = job_row(new)  # the row the store inserts
                 rows.append(values)
                 return {f"p_{k}": v for k, v in values.items()}
 
