@@ -17,11 +17,12 @@ at most `webhook_max_response_bytes` of the answer and gives up on a try after `
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import httpx
@@ -118,9 +119,7 @@ class WebhookSender:
             attempt = await self._send(claimed, started)
         except Exception as exc:  # whatever went wrong is this try's outcome, retried like a 5xx
             attempt = Attempt(started, 0, error=f"{type(exc).__name__}: {exc}"[:500])
-        attempt = Attempt(started, int((time.monotonic() - clock) * 1000), attempt.status_code, attempt.error,
-                          attempt.location)
-        await self._settle(claimed, attempt)
+        await self._settle(claimed, replace(attempt, duration_ms=int((time.monotonic() - clock) * 1000)))
 
     async def _send(self, claimed: Claimed, started: datetime) -> Attempt:
         delivery = claimed.delivery
@@ -147,16 +146,15 @@ class WebhookSender:
     async def _connect(self, target: webhook_targets.Target, body: bytes, headers: dict[str, str],
                        extensions: dict[str, str]) -> httpx.Response:
         """Send to the first checked address that accepts a connection (a name may have several)."""
-        for address in target.addresses[:-1]:
+        async def post(address: str) -> httpx.Response:
             request = self._http.build_request("POST", target.pinned(address), content=body, headers=headers,
                                                extensions=extensions)
-            try:
-                return await self._http.send(request, stream=True)
-            except httpx.ConnectError:
-                continue
-        request = self._http.build_request("POST", target.pinned(target.addresses[-1]), content=body,
-                                           headers=headers, extensions=extensions)
-        return await self._http.send(request, stream=True)
+            return await self._http.send(request, stream=True)
+
+        for address in target.addresses[:-1]:
+            with contextlib.suppress(httpx.ConnectError):
+                return await post(address)
+        return await post(target.addresses[-1])
 
     async def _settle(self, claimed: Claimed, attempt: Attempt) -> None:
         code = attempt.status_code
