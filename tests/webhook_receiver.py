@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness import serve_asgi
+from harness import Api, serve_asgi
 from standardwebhooks import Webhook, WebhookVerificationError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -111,4 +111,15 @@ async def wait_for(condition: Any, timeout: float = 20.0, what: str = "condition
     while not condition():
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def settled_log(api: Api, user: Any, job_id: str, timeout: float = 20.0) -> dict[str, Any]:
+    """The job's delivery log once no delivery is pending: a receiver answers before the sender records it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        log: dict[str, Any] = (await api.client.get(f"/api/jobs/{job_id}/webhooks", headers=api.auth(user))).json()
+        if all(d["state"] != "pending" for d in log["deliveries"]) or loop.time() > deadline:
+            return log
         await asyncio.sleep(0.02)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from harness import serve_api, serve_asgi
-from webhook_receiver import wait_for
+from webhook_receiver import settled_log, wait_for
 
 from edge_api.settings import ApiSettings
 from jobs.webhooks import new_secret
@@ -41,7 +41,7 @@ async def test_the_documented_receiver_verifies_and_handles_each_event_once(
             job_id = response.json()["job"]["id"]
             assert (await api.client.post(f"/api/jobs/{job_id}/cancel", headers=api.auth(user))).status_code == 200
             await wait_for(lambda: len(receiver.handled) == 2, what="both events handled")
-            log = (await api.client.get(f"/api/jobs/{job_id}/webhooks", headers=api.auth(user))).json()
+            log = await settled_log(api, user, job_id)
     assert {d["webhook_id"] for d in log["deliveries"]} == receiver.handled
     assert [d["state"] for d in log["deliveries"]] == ["delivered", "delivered"]
     printed = capsys.readouterr().out

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from harness import Api, serve_api
-from webhook_receiver import Receiver, running_receiver, wait_for
+from webhook_receiver import Receiver, running_receiver, settled_log, wait_for
 
 from edge_api.settings import ApiSettings
 from jobs.catalog import DEFAULT_CATALOG
@@ -123,7 +123,7 @@ async def test_a_receiver_down_for_a_while_gets_each_event_once_afterwards(
     for job, event in receiver.events():
         got.setdefault(job, []).append(event)
     assert got == story
-    log = (await api.client.get(f"/api/jobs/{next(iter(story))}/webhooks", headers=api.auth(user))).json()
+    log = await settled_log(api, user, next(iter(story)))
     first = log["deliveries"][0]
     assert first["state"] == "delivered" and first["event"] == "queued"
     codes = [a["status_code"] for a in first["attempts"]]
@@ -167,7 +167,7 @@ async def test_the_log_is_the_owners_alone(api: Api, receiver: Receiver, user: u
     await wait_for(lambda: receiver.accepted, what="the queued event")
     stranger = await api.client.get(f"/api/jobs/{job_id}/webhooks", headers=api.auth(uuid.uuid4()))
     assert stranger.status_code == 404 and stranger.json()["success"] is False
-    log = (await api.client.get(f"/api/jobs/{job_id}/webhooks", headers=api.auth(user))).json()
+    log = await settled_log(api, user, job_id)
     [delivery] = log["deliveries"]
     assert delivery["webhook_id"] == receiver.accepted[0].webhook_id and delivery["state"] == "delivered"
     assert delivery["delivered_at"] is not None
@@ -196,9 +196,9 @@ async def test_a_job_without_a_webhook_sends_nothing_and_a_default_url_serves_th
 
 async def test_metrics_count_deliveries_by_outcome(api: Api, receiver: Receiver, user: uuid.UUID) -> None:
     await api.set_balance(user, 5)
-    await submit(api, user, receiver.at("/hook"), ["queued"])
+    job_id = await submit(api, user, receiver.at("/hook"), ["queued"])
     await wait_for(lambda: receiver.accepted, what="the queued event")
-    await asyncio.sleep(0.1)
+    await settled_log(api, user, job_id)
     metrics = (await api.client.get("/metrics")).text
     assert 'ourvidz_webhook_deliveries_total{outcome="delivered"} 1.0' in metrics
     assert "ourvidz_webhook_delivery_delay_seconds_count 1.0" in metrics
