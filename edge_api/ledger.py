@@ -12,6 +12,8 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from edge_api import active_jobs
+from edge_api.active_jobs import TooManyActiveJobs
 from jobs.db import insert_ignoring_conflicts, utcnow
 from jobs.tables import credit_ledger, profiles
 
@@ -24,35 +26,55 @@ class InsufficientCredits(Exception):
 
 
 async def charge(conn: AsyncConnection, user_id: uuid.UUID, job_id: uuid.UUID, price: int,
-                 starting_credits: int) -> int:
-    """Debit the price without going below zero and record it; returns the new balance."""
-    balance = await _debit(conn, user_id, price)
+                 starting_credits: int, queue: str, cap: int) -> int:
+    """Debit the price without going below zero, and count the job against the user's cap on its queue, in
+    one update of the profile row; record the charge; returns the new balance."""
+    balance = await _debit(conn, user_id, price, queue, cap)
     if balance is None:
-        balance = await _first_seen(conn, user_id, price, starting_credits)
+        balance = await _first_seen(conn, user_id, price, starting_credits, queue, cap)
     await conn.execute(sa.insert(credit_ledger).values(user_id=user_id, job_id=job_id, kind="charge",
                                                        amount=-price, created_at=utcnow()))
     return int(balance)
 
 
-async def _debit(conn: AsyncConnection, user_id: uuid.UUID, price: int) -> int | None:
-    debit = (sa.update(profiles).where(profiles.c.id == user_id, profiles.c.token_balance >= price)
-             .values(token_balance=profiles.c.token_balance - price).returning(profiles.c.token_balance))
+def debit_statement(user_id: object, price: object, queue: str, cap: object) -> sa.Update:
+    """The profile's conditional update: enough credits and room under the cap, or no row."""
+    active = active_jobs.counter(queue)
+    return (sa.update(profiles)
+            .where(profiles.c.id == user_id, profiles.c.token_balance >= price, active < cap)
+            .values({profiles.c.token_balance: profiles.c.token_balance - price, active: active + 1}))
+
+
+async def _debit(conn: AsyncConnection, user_id: uuid.UUID, price: int, queue: str, cap: int) -> int | None:
+    debit = debit_statement(user_id, price, queue, active_jobs.effective(cap)).returning(profiles.c.token_balance)
     balance = (await conn.execute(debit)).scalar()
     return None if balance is None else int(balance)
 
 
-async def _first_seen(conn: AsyncConnection, user_id: uuid.UUID, price: int, starting_credits: int) -> int:
-    current = (await conn.execute(sa.select(profiles.c.token_balance).where(profiles.c.id == user_id))).scalar()
-    if current is not None or starting_credits < price:
-        raise InsufficientCredits(int(current or starting_credits), price)
+async def _refusal(conn: AsyncConnection, user_id: uuid.UUID, price: int, queue: str, cap: int,
+                   starting_credits: int = 0) -> Exception:
+    """Why the debit matched no row: too few credits, or too many active jobs."""
+    query = sa.select(profiles.c.token_balance, active_jobs.counter(queue)).where(profiles.c.id == user_id)
+    found = (await conn.execute(query)).first()
+    if found is None:
+        return InsufficientCredits(starting_credits, price)
+    if found[0] < price:
+        return InsufficientCredits(int(found[0]), price)
+    return TooManyActiveJobs(queue, cap)
+
+
+async def _first_seen(conn: AsyncConnection, user_id: uuid.UUID, price: int, starting_credits: int,
+                      queue: str, cap: int) -> int:
+    exists = (await conn.execute(sa.select(profiles.c.id).where(profiles.c.id == user_id))).first() is not None
+    if exists or starting_credits < price:
+        raise await _refusal(conn, user_id, price, queue, cap, starting_credits)
     # A user seen for the first time gets the starting balance, once: of concurrent first requests
     # one creates the profile and the others find it (the insert waits for that one to commit).
     await conn.execute(insert_ignoring_conflicts(conn.engine, profiles).values(
         id=user_id, token_balance=starting_credits, created_at=utcnow()))
-    balance = await _debit(conn, user_id, price)
+    balance = await _debit(conn, user_id, price, queue, cap)
     if balance is None:
-        current = (await conn.execute(sa.select(profiles.c.token_balance).where(profiles.c.id == user_id))).scalar()
-        raise InsufficientCredits(int(current or 0), price)
+        raise await _refusal(conn, user_id, price, queue, cap)
     return balance
 
 

@@ -23,6 +23,15 @@ class Metrics:
         self.orphans_removed = Counter("ourvidz_orphan_files_removed",
                                        "Files of completions refused because the job had failed or was canceled",
                                        registry=self.registry)
+        self.refusals = Counter(
+            "ourvidz_refusals", "Requests refused to keep the service fair, by reason (rate_limit, active_jobs, "
+            "queue_full)", ["reason"], registry=self.registry)
+        self.queue_wait = Histogram(
+            "ourvidz_queue_wait_seconds", "From a job's submit to its claim by a worker", ["queue"],
+            buckets=(0.5, 1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600), registry=self.registry)
+        self.user_wait = Gauge(
+            "ourvidz_user_wait_seconds", "Across the users with a job waiting, quantiles of how long each user's "
+            "oldest waiting job has waited", ["queue", "quantile"], registry=self.registry)
 
         self.webhook_deliveries = Counter(
             "ourvidz_webhook_deliveries", "The app's webhook tries by outcome (delivered, retry, gave_up, gone)",

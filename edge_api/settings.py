@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
 from jobs.catalog import DEFAULT_CATALOG, QUEUES, Catalog
@@ -42,6 +42,20 @@ class ApiSettings(StorageSettings):
 
     starting_credits: int = Field(default=0, ge=0)
     max_queue_depth: int = Field(default=1000, ge=1)
+    # Fair use (docs/api.md, Limits). Each user's queued + running jobs per queue (`sdxl` or `sdxl_queue`
+    # as the key; 0: no cap); over it a submit is a 429 and nothing is charged.
+    user_active_jobs: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=lambda: {"sdxl_queue": 10, "wan_queue": 4})
+    # Requests per user (or per client address, where there is none) in each window; 0: no limit. Workers'
+    # callbacks and the health routes are never limited.
+    rate_limit_submits: int = Field(default=60, ge=0)
+    rate_limit_requests: int = Field(default=600, ge=0)
+    rate_limit_anonymous: int = Field(default=300, ge=0)
+    rate_limit_window_seconds: int = Field(default=60, ge=1)
+    # Fair order within a queue: at most this many jobs beyond one per live worker wait in the queue's list;
+    # the rest are fed in as it drains, each user's next job after everyone else's earlier ones. 0: no order
+    # but arrival (every job is pushed at once).
+    fair_lookahead: int = Field(default=1, ge=0)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_attempts: int = Field(default=3, ge=1)
     lease_seconds: float = Field(default=120.0, gt=0)
@@ -85,14 +99,18 @@ class ApiSettings(StorageSettings):
         # `OURVIDZ_WEBHOOK_EVENTS=completed,failed`, like the worker's `OURVIDZ_QUEUES`.
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
-    @field_validator("runpod_endpoints", mode="after")
+    @field_validator("runpod_endpoints", "user_active_jobs", mode="after")
     @classmethod
-    def _endpoint_queues(cls, value: dict[str, str]) -> dict[str, str]:
+    def _by_queue(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         named = {(q if q.endswith("_queue") else f"{q}_queue"): e for q, e in value.items()}
         unknown = [q for q in named if q not in QUEUES]
         if unknown:
-            raise ValueError(f"OURVIDZ_RUNPOD_ENDPOINTS names unknown queues {unknown}; choose from {list(QUEUES)}")
+            raise ValueError(f"OURVIDZ_{str(info.field_name).upper()} names unknown queues {unknown}; "
+                             f"choose from {list(QUEUES)}")
         return named
+
+    def active_cap(self, queue: str) -> int:
+        return self.user_active_jobs.get(queue, 0)
 
     @model_validator(mode="after")
     def _no_placeholder_secrets_in_production(self) -> ApiSettings:

@@ -15,22 +15,22 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from edge_api import ledger, transitions, webhook_outbox
+from edge_api import active_jobs, ledger, transitions, webhook_outbox
 from edge_api.direct import EngineRunner, PoolRunner, Prepared, Runner
 from edge_api.transitions import Row
-from jobs.catalog import JobSpec
+from jobs.catalog import QUEUES, JobSpec
 from jobs.db import as_utc, utcnow
 from jobs.status import JobStatus
 from jobs.tables import assets, credit_ledger, jobs, profiles
 
 
-def _charge_and_insert() -> sa.Insert:
-    """One statement, built once (its parameters are the job's columns): debit the balance if it covers
-    the price, insert the job only if the debit happened, then its `charge` ledger row."""
+def _charge_and_insert(queue: str) -> sa.Insert:
+    """One statement, built once per queue (its parameters are the job's columns): debit the balance if it
+    covers the price and the user is under the cap, insert the job only if the debit happened, then its
+    `charge` ledger row."""
     # Parameters are named `p_<column>`: a parameter named like a column would become a SET clause.
-    debit = (sa.update(profiles)
-             .where(profiles.c.id == sa.bindparam("p_user_id"), profiles.c.token_balance >= sa.bindparam("p_price"))
-             .values(token_balance=profiles.c.token_balance - sa.bindparam("p_price"))
+    debit = (ledger.debit_statement(sa.bindparam("p_user_id"), sa.bindparam("p_price"), queue,
+                                    sa.bindparam("p_cap", type_=sa.Integer))
              .returning(profiles.c.id).cte("debit"))
     columns = [c.name for c in jobs.c if c.name not in ("enqueued_at", "lease_until", "worker_id", "started_at",
                                                         "completed_at", "error_message", "dispatch_id")]
@@ -44,7 +44,7 @@ def _charge_and_insert() -> sa.Insert:
 
 MARK_ENQUEUED = Prepared(sa.update(jobs).where(jobs.c.id == sa.bindparam("p_id"))
                          .values(enqueued_at=sa.bindparam("p_at")))
-CHARGE_AND_INSERT = Prepared(_charge_and_insert())
+CHARGE_AND_INSERT = {queue: Prepared(_charge_and_insert(queue)) for queue in QUEUES}
 JOB_OF_USER = Prepared(sa.select(jobs).where(jobs.c.id == sa.bindparam("p_id"),
                                              jobs.c.user_id == sa.bindparam("p_user_id")))
 JOB_BY_KEY = Prepared(sa.select(jobs).where(jobs.c.user_id == sa.bindparam("p_user_id"),
@@ -77,6 +77,7 @@ class NewJob:
     request_hash: str | None = None
     webhook_url: str | None = None
     webhook_events: list[str] | None = None
+    active_cap: int = 0  # the user's queued and running jobs allowed on the job's queue; 0: no cap
 
 
 def job_row(new: NewJob) -> Row:
@@ -118,10 +119,11 @@ class Store:
         # A job whose webhook wants `queued` records that event in the transaction that creates it.
         in_one_statement = not webhook_outbox.wants(values, "queued")
         try:
-            if not (in_one_statement and await self._charge_in_one_statement(values)):
+            if not (in_one_statement and await self._charge_in_one_statement(values, new.active_cap)):
                 async with self.engine.begin() as conn:
                     await conn.execute(sa.insert(jobs).values(**values))
-                    await ledger.charge(conn, new.user_id, job_id, spec.price, starting_credits)
+                    await ledger.charge(conn, new.user_id, job_id, spec.price, starting_credits, spec.queue,
+                                        new.active_cap)
                     await webhook_outbox.record(conn, values, "queued")
         except IntegrityError:
             # A concurrent request with the same Idempotency-Key won the unique constraint.
@@ -133,15 +135,16 @@ class Store:
             return existing, False
         return values, True
 
-    async def _charge_in_one_statement(self, values: Row) -> bool:
+    async def _charge_in_one_statement(self, values: Row, cap: int) -> bool:
         """Postgres: debit, insert the job and its ledger row in one statement (one round trip, atomic).
 
-        False when the debit matched no row (a new user, or too few credits): the caller then takes the
-        general path, which creates a first-seen profile or says how many credits are missing.
+        False when the debit matched no row (a new user, too few credits, the cap reached): the caller then
+        takes the general path, which creates a first-seen profile or says what is missing.
         """
         if self.engine.dialect.name != "postgresql":
             return False
-        return bool(await self.hot.rows(CHARGE_AND_INSERT, {f"p_{k}": v for k, v in values.items()}))
+        params = {f"p_{k}": v for k, v in values.items()} | {"p_cap": active_jobs.effective(cap)}
+        return bool(await self.hot.rows(CHARGE_AND_INSERT[values["queue"]], params))
 
     async def find_by_idempotency_key(self, new: NewJob) -> Row | None:
         """The job an earlier request with this key created; IdempotencyConflict if its body differed."""
@@ -157,9 +160,10 @@ class Store:
         async with self.engine.begin() as conn:
             row = (await conn.execute(sa.delete(jobs).where(
                 jobs.c.id == job_id, jobs.c.status == JobStatus.QUEUED.value, jobs.c.enqueued_at.is_(None))
-                .returning(jobs.c.user_id, jobs.c.price))).first()
+                .returning(jobs.c.user_id, jobs.c.price, jobs.c.queue))).first()
             if row is None:
                 return False
+            await active_jobs.release(conn, row.user_id, row.queue)
             await conn.execute(sa.delete(credit_ledger).where(credit_ledger.c.job_id == job_id))
             await conn.execute(sa.update(profiles).where(profiles.c.id == row.user_id)
                                .values(token_balance=profiles.c.token_balance + row.price))

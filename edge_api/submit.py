@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import random
 import time
 import uuid
 
+from edge_api.active_jobs import TooManyActiveJobs
 from edge_api.auth import User
 from edge_api.enqueue import push_job
 from edge_api.errors import ApiError, unavailable
@@ -87,12 +89,14 @@ def _new_job(state: AppState, user: User, request: QueueJobRequest, spec: JobSpe
                   project_id=_uuid_field("projectId", request.projectId),
                   image_id=_uuid_field("imageId", request.imageId),
                   video_id=_uuid_field("videoId", request.videoId), idempotency_key=key, request_hash=request_hash,
-                  webhook_url=webhook[0], webhook_events=webhook[1])
+                  webhook_url=webhook[0], webhook_events=webhook[1],
+                  active_cap=state.settings.active_cap(spec.queue))
 
 
 async def _check_queue(state: AppState, spec: JobSpec) -> None:
     depth = await _known_depth(state, spec.queue)
     if depth >= state.settings.max_queue_depth:
+        state.metrics.refusals.labels("queue_full").inc()
         raise ApiError(503, "The job queue is full", f"{spec.queue} holds {depth} jobs", retryable=True,
                        suggested_action="Retry in 30 seconds.", headers={"Retry-After": "30"})
 
@@ -125,6 +129,13 @@ async def submit_job(state: AppState, user: User, request: QueueJobRequest, key:
     except InsufficientCredits as exc:
         raise ApiError(402, "Insufficient credits", f"{spec.job_type} costs {exc.price}; the balance is {exc.balance}",
                        suggested_action="Buy more credits or choose a cheaper job type.") from exc
+    except TooManyActiveJobs as exc:
+        state.metrics.refusals.labels("active_jobs").inc()
+        wait = max(1, math.ceil(state.catalog.expected_seconds(spec.job_type)))
+        raise ApiError(429, "Too many active jobs",
+                       f"you have {exc.cap} jobs queued or running on {spec.queue}, the most allowed at once",
+                       retryable=True, suggested_action=f"Wait for one to finish; retry in {wait} seconds.",
+                       headers={"Retry-After": str(wait)}) from exc
     except IdempotencyConflict as exc:
         raise ApiError(409, "Idempotency-Key reused", "this key was used with another request body",
                        suggested_action="Use a new Idempotency-Key for a new job.") from exc

@@ -2,7 +2,8 @@
 
 `UPDATE jobs SET status = :to … WHERE id = :id AND status IN (:from…)` is the whole guard: whatever
 two processes race, one wins and the other sees zero rows. Moves to `failed` and `canceled` refund in
-the same transaction, and the app's webhook event for the move is recorded in it too.
+the same transaction, and the app's webhook event for the move is recorded in it too. A move to a terminal
+state frees one of the user's active-job slots on the job's queue, in the same transaction.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, cast
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from edge_api import ledger, webhook_outbox
+from edge_api import active_jobs, ledger, webhook_outbox
 from jobs.db import utcnow
 from jobs.messages import WebhookEvent
 from jobs.status import IllegalTransition, JobStatus
@@ -45,6 +46,8 @@ async def move(conn: AsyncConnection, job_id: uuid.UUID, sources: Iterable[JobSt
         return None
     if target.refunds:
         await ledger.refund(conn, row["user_id"], row["id"], row["price"])
+    if target.is_terminal:
+        await active_jobs.release(conn, row["user_id"], row["queue"])
     await webhook_outbox.record(conn, dict(row), cast(WebhookEvent, target.value))
     return dict(row)
 

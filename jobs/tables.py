@@ -10,10 +10,18 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
+from jobs.catalog import QUEUES
+
 metadata = sa.MetaData()
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 TS = sa.DateTime(timezone=True)
+
+
+def active_jobs_column(queue: str) -> str:
+    """The profile's count of the user's queued and running jobs on a queue (`sdxl_active_jobs`)."""
+    return f"{queue.removesuffix('_queue')}_active_jobs"
+
 
 profiles = sa.Table(
     "profiles",
@@ -21,6 +29,7 @@ profiles = sa.Table(
     sa.Column("id", sa.Uuid, primary_key=True),
     sa.Column("token_balance", sa.Integer, nullable=False, server_default=sa.text("0")),
     sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
+    *(sa.Column(active_jobs_column(q), sa.Integer, nullable=False, server_default=sa.text("0")) for q in QUEUES),
     sa.CheckConstraint("token_balance >= 0", name="profiles_token_balance_check"),
 )
 
@@ -192,4 +201,13 @@ webhook_gone_urls = sa.Table(
     metadata,
     sa.Column("url", sa.Text, primary_key=True),
     sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),
+)
+
+# Rate-limit counters where there is no Redis (the embedded mode; edge_api/rate_limits.py).
+rate_counters = sa.Table(
+    "rate_counters",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("hits", sa.Integer, nullable=False),
+    sa.Column("expires_at", TS, nullable=False),
 )

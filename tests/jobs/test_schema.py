@@ -92,7 +92,8 @@ TABLES = sorted(MODEL)
 
 def test_the_tables_are_the_ones_the_contract_names() -> None:
     assert set(TABLES) == {"profiles", "jobs", "credit_ledger", "assets", "callback_receipts", "queue_messages",
-                           "workers", "locks", "webhook_deliveries", "webhook_attempts", "webhook_gone_urls"}
+                           "workers", "locks", "webhook_deliveries", "webhook_attempts", "webhook_gone_urls",
+                           "rate_counters"}
     client_columns = ["id", "user_id", "job_type", "format", "quality", "model_type", "status", "metadata",
                       "error_message", "attempts", "max_attempts", "started_at", "completed_at", "created_at",
                       "project_id", "image_id", "video_id"]
