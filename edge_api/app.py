@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 CORS_METHODS = ["GET", "POST", "DELETE", "OPTIONS"]
 # What supabase-js and supabase-py send with `functions.invoke`, and this API's own Idempotency-Key.
 CORS_HEADERS = ["authorization", "x-client-info", "apikey", "content-type", "idempotency-key"]
+# What a page may read of an answer: when to retry, and its rate limits.
+CORS_EXPOSED = ["Retry-After", "RateLimit", "RateLimit-Policy"]
 
 
 def _webhook_sender(state: AppState) -> WebhookSender:
@@ -67,5 +69,5 @@ def create_app(settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     # Outermost, so that every answer (a 413 or a 503 among them) carries the headers a browser needs.
     app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=CORS_METHODS,
-                       allow_headers=CORS_HEADERS, expose_headers=["Retry-After"], max_age=600)
+                       allow_headers=CORS_HEADERS, expose_headers=CORS_EXPOSED, max_age=600)
     return app

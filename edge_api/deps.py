@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Request, Response, Security
 from fastapi.security import HTTPBearer
 
 from edge_api.auth import User
+from edge_api.errors import ApiError
+from edge_api.rate_limits import Policy
 from edge_api.state import AppState
 
 
@@ -37,8 +39,34 @@ bearer = BearerHeader(auto_error=False, scheme_name="SupabaseJWT",
 Authorization = Annotated[str | None, Security(bearer)]
 
 
-async def get_user(state: State, authorization: Authorization) -> User:
-    return await state.auth.authenticate(authorization)
+async def enforce(state: AppState, response: Response, policy: Policy, subject: str) -> None:
+    """Count the request against the subject's limit; a 429 with `Retry-After` over it."""
+    decision = await state.limiter.check(policy, subject)
+    if decision is None:
+        return
+    if not decision.allowed:
+        state.metrics.refusals.labels("rate_limit").inc()
+        raise ApiError(429, "Too many requests", f"the limit is {policy.quota} requests per {policy.window} s "
+                       f"({policy.name})", retryable=True, suggested_action=f"Retry in {decision.reset} seconds.",
+                       headers={"Retry-After": str(decision.reset), **decision.headers})
+    response.headers.update(decision.headers)
+
+
+async def get_user(request: Request, response: Response, state: State, authorization: Authorization) -> User:
+    user = await state.auth.authenticate(authorization)
+    submit = request.method == "POST" and request.url.path.endswith("/queue-job")
+    limits = state.settings.rate_limits
+    await enforce(state, response, limits.submits if submit else limits.requests, f"user:{user.id}")
+    return user
 
 
 CurrentUser = Annotated[User, Depends(get_user)]
+
+
+async def limit_by_address(request: Request, response: Response, state: State) -> None:
+    """The routes that need no user are limited per client address."""
+    address = request.client.host if request.client else "unknown"
+    await enforce(state, response, state.settings.rate_limits.anonymous, f"address:{address}")
+
+
+ByAddress = Depends(limit_by_address)

@@ -11,11 +11,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from edge_api.auth import User
-from edge_api.deps import Authorization, State
+from edge_api.deps import Authorization, State, get_user
 from edge_api.errors import not_found
 from edge_api.state import AppState
 from edge_api.views import job_view
@@ -30,14 +30,14 @@ KEEPALIVE_SECONDS = 15.0
 MAX_STREAM_SECONDS = 3600.0
 
 
-async def get_stream_user(state: State, authorization: Authorization,
+async def get_stream_user(request: Request, response: Response, state: State, authorization: Authorization,
                           access_token: Annotated[str | None, Query(max_length=8192)] = None) -> User:
     # The browser's EventSource cannot send an Authorization header, so this route alone also takes the
     # token as `?access_token=` (RFC 6750 §2.3). A URL can end up in access logs: clients should prefer
     # the header where they can, and tokens are short-lived.
     if authorization is None and access_token:
         authorization = f"Bearer {access_token}"
-    return await state.auth.authenticate(authorization)
+    return await get_user(request, response, state, authorization)
 
 
 StreamUser = Annotated[User, Depends(get_stream_user)]

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel
 
-from edge_api.deps import CurrentUser, State
+from edge_api.deps import ByAddress, CurrentUser, State
 from edge_api.errors import not_found
 from edge_api.settings import ApiSettings
 from jobs.catalog import Catalog, JobSpec
@@ -76,7 +76,7 @@ def job_type_info(spec: JobSpec, catalog: Catalog) -> JobTypeInfo:
     )
 
 
-@router.get("/api/catalog", response_model=CatalogResponse, tags=["catalog"])
+@router.get("/api/catalog", response_model=CatalogResponse, tags=["catalog"], dependencies=[ByAddress])
 async def catalog(state: State) -> CatalogResponse:
     """The job types this deployment runs, with price (credits) and the expected time (jobs.catalog)."""
     return CatalogResponse(job_types=[job_type_info(spec, state.catalog) for spec in state.catalog.values()])

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from edge_api.deps import CurrentUser, State
+from edge_api.deps import ByAddress, CurrentUser, State
 from edge_api.errors import ApiError, not_found
 from edge_api.submit import queue_depth, request_key, submit_job
 from edge_api.views import asset_view, decode_cursor, encode_cursor, job_view, wait_seconds
@@ -38,7 +38,7 @@ from jobs.webhooks import BadSignature, verify
 log = logging.getLogger(__name__)
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorEnvelope} for code in (400, 401, 402, 404, 409, 413, 422, 503)
+    code: {"model": ErrorEnvelope} for code in (400, 401, 402, 404, 409, 413, 422, 429, 503)
 }
 
 router = APIRouter(responses=ERRORS)
@@ -143,7 +143,7 @@ async def delete_asset(asset_id: str, user: CurrentUser, state: State) -> dict[s
     return {"success": True, "deleted": str(key)}
 
 
-@router.get("/queue-status", response_model=QueueStatus, tags=["queue"])
+@router.get("/queue-status", response_model=QueueStatus, tags=["queue"], dependencies=[ByAddress])
 async def queue_status(state: State) -> QueueStatus:
     """Depth per queue, live workers and wait estimates; answers (unhealthy) when the queue is down."""
     pending = await state.store.pending_by_queue()

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
+from edge_api.rate_limits import Policy
 from jobs.catalog import DEFAULT_CATALOG, QUEUES, Catalog
 from jobs.messages import TERMINAL_WEBHOOK_EVENTS, WebhookEvent
 from jobs.storage import StorageSettings
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    submits: Policy
+    requests: Policy
+    anonymous: Policy
+
 
 _PLACEHOLDERS = {"", "changeme", "change-me", "secret", "dev-secret"}
 
@@ -108,6 +118,13 @@ class ApiSettings(StorageSettings):
             raise ValueError(f"OURVIDZ_{str(info.field_name).upper()} names unknown queues {unknown}; "
                              f"choose from {list(QUEUES)}")
         return named
+
+    @property
+    def rate_limits(self) -> RateLimits:
+        window = self.rate_limit_window_seconds
+        return RateLimits(Policy("submit", self.rate_limit_submits, window),
+                          Policy("requests", self.rate_limit_requests, window),
+                          Policy("anonymous", self.rate_limit_anonymous, window))
 
     def active_cap(self, queue: str) -> int:
         return self.user_active_jobs.get(queue, 0)

@@ -13,6 +13,7 @@ from edge_api.auth import Authenticator, JwksCache
 from edge_api.callbacks import CallbackProcessor
 from edge_api.dispatch import Dispatcher
 from edge_api.metrics import Metrics
+from edge_api.rate_limits import RateLimiter, RedisCounters, TableCounters
 from edge_api.runpod import RunPodClient
 from edge_api.settings import ApiSettings
 from edge_api.store import Store
@@ -38,6 +39,7 @@ class AppState:
     sweeper: Sweeper
     metrics: Metrics
     http: httpx.AsyncClient
+    limiter: RateLimiter
     dispatcher: Dispatcher | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # Counts that may be a moment old (queue depths, live workers): name → (count, monotonic time known).
@@ -47,6 +49,7 @@ class AppState:
         for task in self.tasks:
             await cancel_and_wait(task)
         await self.queue.aclose()
+        await self.limiter.aclose()
         await self.storage.aclose()
         await self.http.aclose()
         await self.store.hot.aclose()
@@ -80,4 +83,6 @@ async def open_state(settings: ApiSettings) -> AppState:
                         queue_timeout=settings.queue_timeout_seconds, outbox_grace=settings.outbox_grace_seconds,
                         interval=settings.sweep_interval_seconds, store=store, dispatcher=dispatcher),
         metrics=Metrics(), http=http, dispatcher=dispatcher,
+        limiter=RateLimiter(RedisCounters.from_url(settings.redis_url) if settings.redis_url
+                            else TableCounters(engine)),
     )

@@ -15,3 +15,8 @@ def processing_list(worker_id: str) -> str:
 def heartbeat(worker_id: str) -> str:
     """A key with a TTL: while it exists the worker is alive and its processing list is its own."""
     return f"{PREFIX}:worker:{worker_id}"
+
+
+def rate_counter(policy: str, subject: str, window: int) -> str:
+    """Requests of one subject (a user, a client address) under one rate-limit policy, in one window."""
+    return f"{PREFIX}:rate:{policy}:{subject}:{window}"
