@@ -42,6 +42,9 @@ class Answer:
     # canceled first): nothing will ever link them, so the route removes them. Not stored with the receipt,
     # so a replay removes nothing again.
     orphans: tuple[tuple[str, str], ...] = ()
+    # The job's row before the callback, when the callback moved it (claimed, ended, handed back): its queue
+    # has room for the next job.
+    moved_from: Row | None = None
 
     @property
     def ok(self) -> bool:
@@ -105,6 +108,8 @@ class CallbackProcessor:
             return _refuse(404, "Job not found", str(job_id))
         row = dict(found)
         answer = await self._decide_for(conn, row, cb)
+        if answer.ok and answer.body.get("status") != row["status"]:
+            answer = replace(answer, moved_from=row)
         if not answer.ok and cb.status is JobStatus.COMPLETED and row["status"] in _ENDED_WITHOUT_ASSETS:
             answer = replace(answer, orphans=self._orphans(row, cb))
         return answer

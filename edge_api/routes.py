@@ -17,7 +17,7 @@ from edge_api.submit import queue_depth, request_key, submit_job
 from edge_api.views import asset_view, decode_cursor, encode_cursor, job_view, wait_seconds
 from edge_api.webhook_outbox import log_of
 from jobs.catalog import QUEUES
-from jobs.db import as_utc
+from jobs.db import as_utc, utcnow
 from jobs.messages import (
     AssetPage,
     CallbackAccepted,
@@ -183,7 +183,22 @@ async def job_callback(request: Request, state: State) -> JSONResponse:
     if answer.ok and callback.status.is_terminal and not answer.body.get("duplicate"):
         await _observe_duration(state, answer.body["job_id"])
     await _remove_orphans(state, answer.orphans)
+    if answer.moved_from is not None:
+        await _after_move(state, answer.moved_from, JobStatus(answer.body["status"]))
     return JSONResponse(answer.body, status_code=answer.status_code)
+
+
+async def _after_move(state: State, before: dict[str, Any], now: JobStatus) -> None:
+    """A claim, an end or a hand-back makes room on the job's queue: admit the next job in fair order."""
+    if before["status"] == JobStatus.QUEUED.value and now is JobStatus.PROCESSING:
+        created = as_utc(before["created_at"])
+        assert created is not None
+        state.metrics.queue_wait.labels(before["queue"]).observe((utcnow() - created).total_seconds())
+    if state.feeder.serves(before["queue"]):
+        try:
+            await state.feeder.feed(before["queue"])
+        except QueueUnavailable as exc:  # the sweeper's next pass feeds it
+            log.warning("could not feed %s after a callback: %s", before["queue"], exc)
 
 
 async def _remove_orphans(state: State, orphans: tuple[tuple[str, str], ...]) -> None:

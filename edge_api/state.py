@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from edge_api.auth import Authenticator, JwksCache
 from edge_api.callbacks import CallbackProcessor
 from edge_api.dispatch import Dispatcher
+from edge_api.fair_order import Feeder
 from edge_api.metrics import Metrics
 from edge_api.rate_limits import RateLimiter, RedisCounters, TableCounters
 from edge_api.runpod import RunPodClient
@@ -40,6 +41,7 @@ class AppState:
     metrics: Metrics
     http: httpx.AsyncClient
     limiter: RateLimiter
+    feeder: Feeder
     dispatcher: Dispatcher | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # Counts that may be a moment old (queue depths, live workers): name → (count, monotonic time known).
@@ -72,6 +74,8 @@ async def open_state(settings: ApiSettings) -> AppState:
                                 queue_timeout=settings.queue_timeout_seconds,
                                 reconcile_after=settings.runpod_reconcile_seconds,
                                 start_timeout=settings.runpod_start_timeout_seconds)
+    fair = frozenset(q for q in QUEUES if settings.fair_lookahead and not (dispatcher and dispatcher.serves(q)))
+    feeder = Feeder(engine, queue, catalog, settings.fair_lookahead, fair)
     jwks = JwksCache(settings.jwks_url, http, settings.jwks_cache_seconds) if settings.jwks_url else None
     return AppState(
         settings=settings, catalog=catalog, engine=engine, store=store, queue=queue,
@@ -81,8 +85,9 @@ async def open_state(settings: ApiSettings) -> AppState:
         callbacks=CallbackProcessor(engine, catalog, settings.lease_seconds),
         sweeper=Sweeper(engine, queue, catalog, job_timeout=settings.job_timeout_seconds,
                         queue_timeout=settings.queue_timeout_seconds, outbox_grace=settings.outbox_grace_seconds,
-                        interval=settings.sweep_interval_seconds, store=store, dispatcher=dispatcher),
-        metrics=Metrics(), http=http, dispatcher=dispatcher,
+                        interval=settings.sweep_interval_seconds, store=store, dispatcher=dispatcher,
+                        feeder=feeder),
+        metrics=Metrics(), http=http, dispatcher=dispatcher, feeder=feeder,
         limiter=RateLimiter(RedisCounters.from_url(settings.redis_url) if settings.redis_url
                             else TableCounters(engine)),
     )

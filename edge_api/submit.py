@@ -151,7 +151,9 @@ async def submit_job(state: AppState, user: User, request: QueueJobRequest, key:
 
 
 async def queue_depth(state: AppState, queue: str) -> int:
-    """The jobs waiting on a queue: its Redis list's length, or the queued rows of a dispatched queue."""
+    """The jobs waiting on a queue: the queued rows of a fair or dispatched queue, else its list's length."""
+    if state.feeder.serves(queue):
+        return await state.feeder.count_waiting(queue)
     if state.dispatcher is not None and state.dispatcher.serves(queue):
         return await state.dispatcher.depth(queue)
     return await state.queue.depth(queue)
@@ -165,9 +167,14 @@ async def _depth_or_zero(state: AppState, spec: JobSpec) -> int:
 
 
 async def _push(state: AppState, row: Row) -> int:
+    """Queue the new job: pushed at once, or on a fair queue, admitted when its turn comes (maybe now)."""
+    queue = row["queue"]
     try:
+        if state.feeder.serves(queue):
+            await state.feeder.feed(queue)
+            return await state.feeder.count_waiting(queue)
         depth = await push_job(state.store, state.queue, row, state.catalog, state.dispatcher)
-        state.recent_counts[row["queue"]] = (depth, time.monotonic())
+        state.recent_counts[queue] = (depth, time.monotonic())
         return depth
     except QueueUnavailable as exc:
         state.recent_counts.pop(row["queue"], None)

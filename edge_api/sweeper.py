@@ -1,8 +1,9 @@
 """The sweeper: one leader at a time rebuilds the queue from the store, which is the source of truth.
 
 Each pass: hands back the messages of workers whose heartbeat expired, re-queues or fails jobs whose
-lease ran out, fails jobs past their deadline (refunded), and re-pushes `queued` jobs that no queue
-holds (a push that never happened, or a Redis that lost its data).
+lease ran out, fails jobs past their deadline (refunded), re-pushes `queued` jobs that no queue
+holds (a push that never happened, or a Redis that lost its data), and tops up the fair queues' lists
+(edge_api/fair_order.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from edge_api import transitions
 from edge_api.dispatch import Dispatcher
 from edge_api.enqueue import UnknownJobType, push_job
+from edge_api.fair_order import Feeder
 from edge_api.store import Store
 from edge_api.transitions import Row
 from jobs.catalog import Catalog
@@ -34,7 +36,8 @@ LOCK_NAME = "sweeper"
 class Sweeper:
     def __init__(self, engine: AsyncEngine, queue: Queue, catalog: Catalog, *, job_timeout: float,
                  queue_timeout: float, outbox_grace: float, interval: float, owner: str | None = None,
-                 store: Store | None = None, dispatcher: Dispatcher | None = None) -> None:
+                 store: Store | None = None, dispatcher: Dispatcher | None = None,
+                 feeder: Feeder | None = None) -> None:
         self._engine = engine
         self._store = store or Store(engine)
         self._queue = queue
@@ -45,11 +48,19 @@ class Sweeper:
         self._interval = interval
         self.owner = owner or f"api-{uuid.uuid4().hex[:12]}"
         self._dispatcher = dispatcher
+        self._feeder = feeder
+
+    def _fair(self, row: Row) -> bool:
+        return self._feeder is not None and self._feeder.serves(row["queue"])
 
     def _dispatched(self, row: Row) -> bool:
         return self._dispatcher is not None and self._dispatcher.serves(row["queue"])
 
     async def _push(self, row: Row) -> None:
+        """A job back in the queue: pushed, or on a fair queue, waiting its turn (fed in this pass)."""
+        if self._feeder is not None and self._fair(row) and row["enqueued_at"] is None:
+            await self._feeder.feed(row["queue"])
+            return
         try:
             await push_job(self._store, self._queue, row, self._catalog, self._dispatcher)
         except UnknownJobType as exc:  # one foreign row must not stop the pass; its queue deadline ends it
@@ -78,6 +89,7 @@ class Sweeper:
         try:
             await self._repush_orphans()
             await self._reconcile_dispatched()
+            await self._feed()
         except QueueUnavailable as exc:
             log.warning("sweeper cannot reach the queue: %s", exc)
         return True
@@ -173,7 +185,9 @@ class Sweeper:
         async with self._engine.connect() as conn:
             candidates = [dict(r) for r in (await conn.execute(query)).mappings()]
         dispatched = [row for row in candidates if self._dispatched(row)]
-        queued = [row for row in candidates if not self._dispatched(row)]
+        # On a fair queue a job never admitted is waiting its turn, not lost: the feeder pushes it.
+        queued = [row for row in candidates if not self._dispatched(row)
+                  and not (self._fair(row) and row["enqueued_at"] is None)]
         if self._dispatcher is not None:
             for row in dispatched:
                 if await self._dispatcher.needs_dispatch(row):
@@ -186,6 +200,12 @@ class Sweeper:
             if str(row["id"]) not in held:
                 await self._push(row)
                 log.info("job %s re-pushed: no queue held it", row["id"])
+
+    async def _feed(self) -> None:
+        """Top up each fair queue's list: workers that `RPOP` without a claim callback drain it unseen."""
+        if self._feeder is not None:
+            for queue in sorted(self._feeder.queues):
+                await self._feeder.feed(queue)
 
     async def _reconcile_dispatched(self) -> None:
         """Processing jobs whose RunPod job ended without a result get another try now, not at lease end."""

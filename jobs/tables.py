@@ -76,6 +76,8 @@ jobs = sa.Table(
 )
 sa.Index("jobs_user_id_created_at_idx", jobs.c.user_id, jobs.c.created_at)
 sa.Index("jobs_status_queue_created_at_idx", jobs.c.status, jobs.c.queue, jobs.c.created_at)
+# The fair order counts the jobs each user was served since the backlog began (edge_api/fair_order.py).
+sa.Index("jobs_queue_completed_at_idx", jobs.c.queue, jobs.c.completed_at)
 
 credit_ledger = sa.Table(
     "credit_ledger",

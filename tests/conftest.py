@@ -161,8 +161,10 @@ def make_settings(database_url: str, redis_url: str, storage_dir: Path) -> ApiSe
         database_url=database_url, redis_url=redis_url, jwt_secret=JWT_SECRET, callback_secret=new_secret(),
         storage="local", storage_dir=storage_dir, files_secret="files-secret-for-tests",
         starting_credits=0, sweeper_enabled=False, outbox_grace_seconds=0,
-        # The fair-use limits are off unless a test is about them (tests/edge_api/test_fair_use.py).
+        # The fair-use limits and the fair order are off unless a test is about them (test_active_job_caps.py,
+        # test_rate_limits.py, test_fair_order.py, and the fault suite's settings).
         user_active_jobs={}, rate_limit_submits=0, rate_limit_requests=0, rate_limit_anonymous=0,
+        fair_lookahead=0,
     )
 
 
