@@ -1,7 +1,8 @@
 """Fair order within a queue: each user's next job runs after everyone else's earlier ones.
 
 The queue's Redis list stays the reference's (`sdxl_queue`, `wan_queue`; old workers still `RPOP` it), but
-it holds only what the workers are about to take: one message per live worker, plus `fair_lookahead`.
+it holds only what the workers are about to take: one message per idle worker (live, minus the jobs
+running on the queue), plus `fair_lookahead`.
 Every other queued job waits in the store, which is the source of truth anyway. As the list drains (a
 worker's claim, a job's end, each sweeper pass) the `Feeder` admits the next jobs in fair order and pushes
 their messages.
@@ -106,7 +107,7 @@ async def jobs_ahead(engine: AsyncEngine, row: Row) -> dict[str, int]:
 
 
 class Feeder:
-    """Keeps each fair queue's list as long as its workers need, admitting waiting jobs in fair order."""
+    """Keeps each fair queue's list as long as its idle workers need, admitting waiting jobs in fair order."""
 
     WORKERS_TTL = 1.0  # seconds a count of live workers is trusted
 
@@ -124,14 +125,18 @@ class Feeder:
 
     async def count_waiting(self, queue: str) -> int:
         """The queue's queued jobs, admitted or waiting: its depth as users see it."""
-        query = sa.select(sa.func.count()).where(jobs.c.queue == queue, jobs.c.status == QUEUED)
+        return await self._count(queue, QUEUED)
+
+    async def _count(self, queue: str, status: str) -> int:
+        query = sa.select(sa.func.count()).where(jobs.c.queue == queue, jobs.c.status == status)
         async with self._engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 
     async def feed(self, queue: str) -> list[Row]:
         """Admit and push what the list has room for; returns the rows pushed. QueueUnavailable if the
         queue cannot be reached (what was admitted but not pushed then waits again)."""
-        room = await self._live_workers() + self._lookahead - await self._queue.depth(queue)
+        idle = max(await self._live_workers() - await self._count(queue, PROCESSING), 0)
+        room = idle + self._lookahead - await self._queue.depth(queue)
         if room <= 0:
             return []
         rows = await admit(self._engine, queue, room)

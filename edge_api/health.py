@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,11 +49,25 @@ async def _queue_ok(state: State) -> bool:
     return True
 
 
+USER_WAIT_QUANTILES = (0.5, 0.9, 0.99)
+
+
+def quantiles(values: list[float]) -> dict[str, float]:
+    """Nearest-rank quantiles of the users' waits (0 when nobody waits)."""
+    ordered = sorted(values)
+    return {str(q): ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] if ordered else 0.0
+            for q in USER_WAIT_QUANTILES}
+
+
 @router.get("/metrics", tags=["health"], response_class=PlainTextResponse)
 async def metrics(state: State) -> Response:
     metrics = state.metrics
     for job_type, status, count in await state.store.counts_by_type_and_status():
         metrics.jobs.labels(job_type, status).set(count)
+    waits = await state.store.user_waits()
+    for queue in QUEUES:
+        for quantile, seconds in quantiles(waits.get(queue, [])).items():
+            metrics.user_wait.labels(queue, quantile).set(seconds)
     try:
         for queue in QUEUES:
             metrics.queue_depth.labels(queue).set(await state.queue.depth(queue))

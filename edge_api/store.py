@@ -213,6 +213,17 @@ class Store:
         async with self.autocommit.connect() as conn:
             return [(str(q), str(t), int(p)) for q, t, p in await conn.execute(query)]
 
+    async def user_waits(self) -> dict[str, list[float]]:
+        """Per queue, how long each user with a queued job has waited: the age of their oldest queued job."""
+        query = (sa.select(jobs.c.queue, sa.func.min(jobs.c.created_at))
+                 .where(jobs.c.status == JobStatus.QUEUED.value).group_by(jobs.c.queue, jobs.c.user_id))
+        now = utcnow()
+        waits: dict[str, list[float]] = {}
+        async with self.autocommit.connect() as conn:
+            for queue, oldest in await conn.execute(query):
+                waits.setdefault(str(queue), []).append((now - created_at({"created_at": oldest})).total_seconds())
+        return waits
+
     async def counts_by_type_and_status(self) -> list[tuple[str, str, int]]:
         query = sa.select(jobs.c.job_type, jobs.c.status, sa.func.count()).group_by(jobs.c.job_type, jobs.c.status)
         async with self.autocommit.connect() as conn:

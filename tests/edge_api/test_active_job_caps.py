@@ -82,3 +82,10 @@ def test_caps_are_named_by_queue_or_family_and_never_negative() -> None:
         ApiSettings(user_active_jobs={"flux": 3})
     with pytest.raises(ValueError):
         ApiSettings(user_active_jobs={"wan": -1})
+
+
+async def test_cap_refusals_are_counted(capped: Api, user: uuid.UUID) -> None:
+    await capped.set_balance(user, 50)
+    for _ in range(CAP + 3):
+        await capped.submit(user)
+    assert 'ourvidz_refusals_total{reason="active_jobs"} 3.0' in (await capped.client.get("/metrics")).text

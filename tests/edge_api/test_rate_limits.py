@@ -132,3 +132,9 @@ async def test_limits_let_requests_through_while_redis_is_away(api_settings: Api
         api.state.limiter = RateLimiter(RedisCounters.from_url("redis://127.0.0.1:1/0"))  # nothing listens there
         codes = [(await api.client.get("/api/me", headers=api.auth(user))).status_code for _ in range(QUOTA + 2)]
         assert codes == [200] * (QUOTA + 2)
+
+
+async def test_refusals_are_counted_by_reason(limited: Api, user: uuid.UUID) -> None:
+    for _ in range(QUOTA + 2):
+        await limited.client.get("/api/me", headers=limited.auth(user))
+    assert 'ourvidz_refusals_total{reason="rate_limit"} 2.0' in (await limited.client.get("/metrics")).text

@@ -128,6 +128,7 @@ class Submitter:
     refusals: dict[int, int] = field(default_factory=dict)
     without_retry_after: int = 0
     half_created: int = 0
+    left_by_429: int = 0  # a 429 must leave no job (and so no charge) behind
     connection_errors: int = 0
     commit_may_be_lost: bool = False
     ambiguous: dict[str, str] = field(default_factory=dict)  # idempotency key -> the job found after a 503
@@ -155,6 +156,9 @@ class Submitter:
                 self.accepted[key] = job_id
                 return job_id
             self.refusals[response.status_code] = self.refusals.get(response.status_code, 0) + 1
+            if response.status_code == 429:
+                self.without_retry_after += "retry-after" not in response.headers
+                self.left_by_429 += await self._row_of(key) is not None
             if response.status_code != 503:
                 return None
             if "retry-after" not in response.headers:

@@ -27,4 +27,6 @@ def one_torch_thread_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
 def chaos_settings(api_settings: ApiSettings) -> ApiSettings:
     return api_settings.model_copy(update={
         "catalog_overrides": FAULT_CATALOG, "sweeper_enabled": True, "sweep_interval_seconds": 0.2,
-        "outbox_grace_seconds": 1.0, "max_queue_depth": 10**6})
+        "outbox_grace_seconds": 1.0, "max_queue_depth": 10**6,
+        # The production default: each queue's list holds what the workers are about to take, the store the rest.
+        "fair_lookahead": 1})

@@ -41,6 +41,9 @@ ROWS: list[tuple[str, str, str, list[str]]] = [
     ("App webhooks: every event once (by webhook-id) and in order through API kills mid-delivery and a "
      "receiver that stalls, fails and goes away; nothing to a wrong URL", "webhook-faults", "test_webhook_faults.py",
      ["events", "kills", "kills_mid_delivery", "redeliveries", "errors_500", "stalls", "outage_refusals"]),
+    ("Fair use: a 429 (per-user cap, submit rate) leaves no job and no charge; the fair order is rebuilt after "
+     "each Redis flush; nothing lost or run twice", "fair-use", "test_fair_use_faults.py",
+     ["refused_429", "flushes", "heavy_jobs", "light_jobs", "light_wait_p50_s", "heavy_wait_p50_s"]),
     ("Timeout at the deadline (15 min by default), refunded once; a late worker changes nothing",
      "hung-worker-deadline", "test_hung_worker.py",
      ["hung_jobs", "deadline_seconds", "late_callbacks_refused", "late_files_left"]),
