@@ -32,7 +32,15 @@ def _explain(console: Console, response: httpx.Response) -> int:
     console.print(f"[red]{response.status_code} {body.get('error')}[/]: {body.get('details') or ''}")
     if body.get("suggestedAction"):
         console.print(body["suggestedAction"])
+    retry_after = response.headers.get("Retry-After")
+    if retry_after is not None and response.status_code in (429, 503):
+        console.print(f"You can retry in {retry_after} s.")
     return 1
+
+
+def retry_after(response: httpx.Response, default: float = 1.0) -> float:
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else default
 
 
 async def run_submit(api_url: str, token: str, job_type: str, prompt: str, wait: bool,
@@ -77,7 +85,12 @@ async def _follow(client: httpx.AsyncClient, job_id: str, console: Console) -> d
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("queued", total=100)
         while True:
-            job: dict[str, Any] = (await client.get(f"/api/jobs/{job_id}")).json()
+            response = await client.get(f"/api/jobs/{job_id}")
+            if response.status_code in (429, 503):  # polled too often, or the API is busy: as told, then again
+                progress.update(task, description=f"waiting {retry_after(response):g} s (HTTP {response.status_code})")
+                await asyncio.sleep(retry_after(response))
+                continue
+            job: dict[str, Any] = response.json()
             waiting = f"queued (position {job.get('queue_position')})" if job["status"] == "queued" else job["status"]
             progress.update(task, completed=job.get("progress", 0), description=waiting)
             if JobStatus(job["status"]).is_terminal:

@@ -262,9 +262,14 @@ class ApiProcess:
             self.process.wait()
 
 
+LIMITS_OFF = {"OURVIDZ_USER_ACTIVE_JOBS": "{}", "OURVIDZ_RATE_LIMIT_SUBMITS": "0", "OURVIDZ_RATE_LIMIT_REQUESTS": "0",
+              "OURVIDZ_RATE_LIMIT_ANONYMOUS": "0", "OURVIDZ_FAIR_LOOKAHEAD": "0"}
+
+
 def api_env(servers: Servers, *, jwt_secret: str, callback_secret: str, storage_dir: Path,
             extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The API's settings for a bench: Postgres + Redis, no sweeper, a queue that never fills."""
+    """The API's settings for a bench: Postgres + Redis, no sweeper, a queue that never fills, and no fair-use
+    limits or fair order unless `extra` asks for them (bench_fairness.py measures what they cost)."""
     env = {
         "OURVIDZ_ENVIRONMENT": "development",
         "OURVIDZ_DATABASE_URL": servers.database_url,
@@ -276,6 +281,7 @@ def api_env(servers: Servers, *, jwt_secret: str, callback_secret: str, storage_
         "OURVIDZ_STORAGE": "local",
         "OURVIDZ_STORAGE_DIR": str(storage_dir),
         "OURVIDZ_FILES_SECRET": "bench-files-secret",
+        **LIMITS_OFF,
     }
     env.update(extra or {})
     return env

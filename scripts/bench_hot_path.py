@@ -79,6 +79,7 @@ async def measure(servers: Servers, count: int) -> list[list[object]]:
     import asyncpg
     from bench_api import seed_users
 
+    from edge_api.active_jobs import NO_CAP
     from edge_api.app import create_app
     from edge_api.auth import Authenticator, VerifiedTokens, mint_token
     from edge_api.direct import EngineRunner, json_codecs
@@ -111,10 +112,12 @@ async def measure(servers: Servers, count: int) -> list[list[object]]:
                 new = _new_job(state, user, request, spec, None, (None, None))  # no webhook
                 values = job_row(new)  # the row the store inserts
                 rows.append(values)
-                return {f"p_{k}": v for k, v in values.items()}
+                return {f"p_{k}": v for k, v in values.items()} | {"p_cap": NO_CAP}
+
+            charge = CHARGE_AND_INSERT[spec.queue]
 
             async def charge_bare(i: int) -> Any:
-                return await bare.fetch(CHARGE_AND_INSERT.sql, *CHARGE_AND_INSERT.args(charge_params(i)))
+                return await bare.fetch(charge.sql, *charge.args(charge_params(i)))
 
             async def mark_bare(i: int) -> Any:
                 params = {"p_id": rows[i % len(rows)]["id"], "p_at": utcnow()}
@@ -132,9 +135,9 @@ async def measure(servers: Servers, count: int) -> list[list[object]]:
                 ("body", "QueueJobRequest validated from JSON", None,
                  _sync(lambda i: QueueJobRequest.model_validate_json(BODY))),
                 ("charge", "debit + insert job + ledger, one statement: SQLAlchemy engine", "charge_bare",
-                 lambda i: through_engine.rows(CHARGE_AND_INSERT, charge_params(i))),
+                 lambda i: through_engine.rows(charge, charge_params(i))),
                 ("charge", "the same: compiled once, asyncpg pool (the API now)", "charge_bare",
-                 lambda i: state.store.hot.rows(CHARGE_AND_INSERT, charge_params(i))),
+                 lambda i: state.store.hot.rows(charge, charge_params(i))),
                 ("charge", "the same on one bare asyncpg connection (floor)", "charge_bare", charge_bare),
                 ("push", "LPUSH of the message (redis-py, hiredis)", None,
                  lambda i: state.queue.push(spec.queue, message.decode())),

@@ -35,12 +35,13 @@ const state = {
 // --- Talking to the API ---------------------------------------------------------------------------
 
 class ApiError extends Error {
-  constructor(status, body) {
+  constructor(status, body, retryAfter = null) {
     super(body?.error || `Request failed (${status})`);
     this.status = status;
     this.suggestedAction = body?.suggestedAction || null;
     this.details = body?.details || null;
     this.retryable = Boolean(body?.retryable);
+    this.retryAfter = retryAfter; // seconds, from a 429's or a 503's Retry-After
   }
 }
 
@@ -56,7 +57,8 @@ async function api(path, { method = "GET", body, auth = true, headers = {} } = {
   }
   const data = await response.json().catch(() => null);
   if (!response.ok) {
-    const error = new ApiError(response.status, data);
+    const wait = Number.parseInt(response.headers.get("Retry-After") || "", 10);
+    const error = new ApiError(response.status, data, Number.isFinite(wait) ? wait : null);
     if (response.status === 401 && auth) signedOut(error);
     throw error;
   }
@@ -231,11 +233,30 @@ $("job-form").addEventListener("submit", async (event) => {
     refreshQueue();
   } catch (error) {
     showError($("form-error"), error);
+    if (error.status === 429 && error.retryAfter) return holdSubmit(button, error.retryAfter);
   } finally {
-    button.disabled = false;
     button.removeAttribute("aria-busy");
   }
+  button.disabled = false;
 });
+
+// A refusal that says when to come back (too many jobs or requests): the button counts down to it.
+function holdSubmit(button, seconds) {
+  const label = button.textContent;
+  let left = seconds;
+  const tick = () => {
+    if (left <= 0) {
+      clearInterval(timer);
+      button.textContent = label;
+      button.disabled = false;
+      return;
+    }
+    button.textContent = `Retry in ${left} s`;
+    left -= 1;
+  };
+  const timer = setInterval(tick, 1000);
+  tick();
+}
 
 // --- Watching a job -------------------------------------------------------------------------------
 

@@ -355,3 +355,24 @@ async def test_a_page_on_another_origin_submits_and_reads_a_job(api: Api, user: 
         }""", [api.url, api.token(user)])
         await context.close()
     assert result == [200, 200, "queued"]
+
+
+async def test_a_refused_submit_says_when_to_retry_and_the_button_waits_until_then(
+        api_settings: Any, user: uuid.UUID, browser: Any) -> None:
+    from harness import serve_api
+
+    async for limited in serve_api(api_settings.model_copy(update={"user_active_jobs": {"sdxl_queue": 1}})):
+        await limited.set_balance(user, 5)
+        watched = await open_page(browser, f"{limited.url}/#token={limited.token(user)}")
+        page = watched.page
+        await page.wait_for_selector("#app:not([hidden])")
+        await submit(page, "sdxl_image_fast", "a fox")
+        await page.fill("#prompt", "a second fox")
+        await page.click("#submit")  # over the cap of one job at a time: 429 with Retry-After
+        await page.wait_for_selector("#form-error:not([hidden])")
+        shown = await page.inner_text("#form-error")
+        assert "Too many active jobs" in shown and "retry in" in shown.lower()
+        assert await page.is_disabled("#submit")
+        assert (await page.inner_text("#submit")).startswith("Retry in ")
+        assert watched.problems() == []
+        await page.context.close()  # its event stream would hold the server's shutdown
