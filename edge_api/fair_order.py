@@ -20,8 +20,12 @@ flush, say). Nothing is lost, and a job is admitted once, so it is pushed once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -106,10 +110,37 @@ async def jobs_ahead(engine: AsyncEngine, row: Row) -> dict[str, int]:
     return counts
 
 
+@dataclass(frozen=True, slots=True)
+class QueueOrder:
+    """A fair queue's queued jobs in the order they will run, as of `at` (monotonic seconds)."""
+
+    at: float
+    index: dict[uuid.UUID, int]
+    types: list[str]
+
+    def ahead(self, job_id: uuid.UUID) -> dict[str, int] | None:
+        position = self.index.get(job_id)
+        return None if position is None else dict(Counter(self.types[:position]))
+
+
+async def queue_order(engine: AsyncEngine, queue: str) -> QueueOrder:
+    """Admitted jobs by admission, then the waiting ones by round: two reads."""
+    admitted = (sa.select(jobs.c.id, jobs.c.job_type)
+                .where(jobs.c.queue == queue, jobs.c.status == QUEUED, jobs.c.enqueued_at.is_not(None))
+                .order_by(jobs.c.enqueued_at, jobs.c.id))
+    ranked = _ranked(queue)
+    waiting = sa.select(ranked.c.id, ranked.c.job_type).order_by(ranked.c.round, ranked.c.created_at, ranked.c.id)
+    async with engine.connect() as conn:
+        rows = [*(await conn.execute(admitted)), *(await conn.execute(waiting))]
+    return QueueOrder(time.monotonic(), {row.id: n for n, row in enumerate(rows)}, [str(row.job_type) for row in rows])
+
+
 class Feeder:
     """Keeps each fair queue's list as long as its idle workers need, admitting waiting jobs in fair order."""
 
     WORKERS_TTL = 1.0  # seconds a count of live workers is trusted
+    ORDER_TTL = 1.0  # seconds a queue's order is trusted for positions and waits
+    FULL_TTL = 0.5  # seconds a list found full is trusted to be so by submits (claims and the sweeper look anew)
 
     def __init__(self, engine: AsyncEngine, queue: Queue, catalog: Catalog, lookahead: int,
                  queues: frozenset[str]) -> None:
@@ -119,6 +150,8 @@ class Feeder:
         self._lookahead = lookahead
         self.queues = queues  # the fair ones: pulled by workers (a RunPod endpoint keeps its own queue)
         self._workers: tuple[int, float] | None = None
+        self._orders: dict[str, asyncio.Task[QueueOrder]] = {}
+        self._full_until: dict[str, float] = {}
 
     def serves(self, queue: str) -> bool:
         return queue in self.queues
@@ -132,13 +165,21 @@ class Feeder:
         async with self._engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
 
-    async def feed(self, queue: str) -> list[Row]:
+    async def feed(self, queue: str, *, new_job: bool = False) -> list[Row]:
         """Admit and push what the list has room for; returns the rows pushed. QueueUnavailable if the
-        queue cannot be reached (what was admitted but not pushed then waits again)."""
+        queue cannot be reached (what was admitted but not pushed then waits again).
+
+        `new_job`: a submit's feed, skipped while the list was found full a moment ago. Room appears when a
+        worker takes a message, and its claim (or the sweeper, for workers that make none) feeds then.
+        """
+        if new_job and time.monotonic() < self._full_until.get(queue, 0.0):
+            return []
         idle = max(await self._live_workers() - await self._count(queue, PROCESSING), 0)
         room = idle + self._lookahead - await self._queue.depth(queue)
         if room <= 0:
+            self._full_until[queue] = time.monotonic() + self.FULL_TTL
             return []
+        self._full_until.pop(queue, None)
         rows = await admit(self._engine, queue, room)
         for index, row in enumerate(rows):
             try:
@@ -152,6 +193,22 @@ class Feeder:
                 await self._readmit_quietly(rows[index:])
                 raise
         return rows
+
+    async def jobs_ahead(self, row: Row) -> dict[str, int]:
+        """The jobs of each type that run before this queued job, from the queue's order of at most ORDER_TTL
+        ago (one read a second, however many clients poll); a job newer than that is looked up alone."""
+        order = await self.order(row["queue"])
+        ahead = order.ahead(row["id"])
+        return ahead if ahead is not None else await jobs_ahead(self._engine, row)
+
+    async def order(self, queue: str) -> QueueOrder:
+        task = self._orders.get(queue)
+        if task is not None and task.done() and (task.exception() is not None
+                                                 or time.monotonic() - task.result().at > self.ORDER_TTL):
+            task = None
+        if task is None:  # one read for every caller meanwhile
+            task = self._orders[queue] = asyncio.create_task(queue_order(self._engine, queue))
+        return await asyncio.shield(task)
 
     async def _readmit_quietly(self, rows: list[Row]) -> None:
         try:

@@ -171,8 +171,8 @@ async def _push(state: AppState, row: Row) -> int:
     queue = row["queue"]
     try:
         if state.feeder.serves(queue):
-            await state.feeder.feed(queue)
-            return await state.feeder.count_waiting(queue)
+            await state.feeder.feed(queue, new_job=True)
+            return await _known_depth(state, queue)
         depth = await push_job(state.store, state.queue, row, state.catalog, state.dispatcher)
         state.recent_counts[queue] = (depth, time.monotonic())
         return depth

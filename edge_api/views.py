@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 
-from edge_api import fair_order
 from edge_api.state import AppState
 from edge_api.transitions import Row
 from jobs.catalog import Catalog
@@ -64,7 +63,7 @@ async def job_view(state: AppState, row: Row) -> JobView:
     status = JobStatus(row["status"])
     position = wait = None
     if status is JobStatus.QUEUED:
-        ahead = await (fair_order.jobs_ahead(state.engine, row) if state.feeder.serves(row["queue"])
+        ahead = await (state.feeder.jobs_ahead(row) if state.feeder.serves(row["queue"])
                        else state.store.jobs_ahead(row))
         position = sum(ahead.values()) + 1
         ahead[row["job_type"]] = ahead.get(row["job_type"], 0) + 1  # its own run counts in the wait

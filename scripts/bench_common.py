@@ -267,9 +267,9 @@ LIMITS_OFF = {"OURVIDZ_USER_ACTIVE_JOBS": "{}", "OURVIDZ_RATE_LIMIT_SUBMITS": "0
 
 
 def api_env(servers: Servers, *, jwt_secret: str, callback_secret: str, storage_dir: Path,
-            extra: dict[str, str] | None = None) -> dict[str, str]:
+            extra: dict[str, str] | None = None, fair_use: bool = False) -> dict[str, str]:
     """The API's settings for a bench: Postgres + Redis, no sweeper, a queue that never fills, and no fair-use
-    limits or fair order unless `extra` asks for them (bench_fairness.py measures what they cost)."""
+    limits or fair order unless `fair_use` (bench_fairness.py measures what they cost)."""
     env = {
         "OURVIDZ_ENVIRONMENT": "development",
         "OURVIDZ_DATABASE_URL": servers.database_url,
@@ -281,7 +281,7 @@ def api_env(servers: Servers, *, jwt_secret: str, callback_secret: str, storage_
         "OURVIDZ_STORAGE": "local",
         "OURVIDZ_STORAGE_DIR": str(storage_dir),
         "OURVIDZ_FILES_SECRET": "bench-files-secret",
-        **LIMITS_OFF,
+        **({} if fair_use else LIMITS_OFF),
     }
     env.update(extra or {})
     return env
