@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import sys
 import tempfile
@@ -44,10 +45,8 @@ from bench_common import (
     percentile,
     running_servers,
 )
-from bench_worker import Conductor, WorkerProcess, small_catalog
+from bench_worker import CALLBACK_SECRET, JWT_SECRET, Conductor, WorkerProcess, small_catalog
 
-JWT_SECRET = "bench-jwt-secret-that-is-long-enough-for-hs256"
-CALLBACK_SECRET = "bench-callback-secret"
 OTHERS = 10
 JOB_TYPE = "sdxl_image_fast"
 BODY = json.dumps({"jobType": JOB_TYPE, "metadata": {"prompt": "a red fox in the snow"}}).encode()
@@ -147,7 +146,7 @@ async def capacity(api: ApiProcess, database_url: str, args: argparse.Namespace)
     tokens = [mint_token(JWT_SECRET, u) for u in users]
     host = f"127.0.0.1:{api.port}"
     submitted: list[tuple[str, str]] = []
-    next_user = iter(range(len(users)))
+    next_user = itertools.count()
 
     async def open_submitter(index: int) -> tuple[Any, Any]:
         connection = await HttpConnection.open("127.0.0.1", api.port)
