@@ -7,6 +7,7 @@ forged token are all a 401 in the reference's envelope.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
-from edge_api.errors import unauthorized
+from edge_api.errors import ApiError, unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +125,25 @@ class Authenticator:
             user, expires_at = await self._verify(token)
             self._verified.put(token, user, expires_at)
         return user
+
+    async def is_service(self, authorization: str | None, service_key: str | None) -> bool:
+        """Whether the bearer is the project's service role: its service-role key itself (compared in constant
+        time), or a JWT of the project with `role: service_role` (Supabase's legacy keys carry no `aud`).
+        How existing ourvidz workers sign their callbacks."""
+        try:
+            token = _bearer(authorization)
+        except ApiError:
+            return False
+        if service_key and hmac.compare_digest(token.encode(), service_key.encode()):
+            return True
+        try:
+            algorithm = str(jwt.get_unverified_header(token).get("alg"))
+            key = await self._key_for(algorithm, jwt.get_unverified_header(token).get("kid"))
+            claims = jwt.decode(token, key, algorithms=[algorithm], leeway=5,
+                                options={"require": ["exp"], "verify_aud": False})
+        except (jwt.PyJWTError, ApiError):
+            return False
+        return claims.get("role") == "service_role"
 
     async def _verify(self, token: str) -> tuple[User, float]:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import uuid
 from typing import Annotated, Any, Literal
@@ -164,14 +165,12 @@ async def queue_status(state: State) -> QueueStatus:
 
 @router.post("/job-callback", response_model=CallbackAccepted, tags=["worker"])
 async def job_callback(request: Request, state: State) -> JSONResponse:
-    """The worker's signed report (Standard Webhooks); idempotent by `webhook-id`, fenced by `attempt`."""
+    """The worker's signed report (Standard Webhooks); idempotent by `webhook-id`, fenced by `attempt`.
+
+    Existing ourvidz workers sign nothing: they send `Authorization: Bearer <service-role key>`. Such a
+    report is accepted from the service role only, and made idempotent by its content."""
     body = await request.body()
-    try:
-        webhook_id = verify(state.settings.callback_secret, body, request.headers)
-    except BadSignature as exc:
-        raise ApiError(401, "Authentication failed", f"callback signature: {exc}",
-                       suggested_action="Sign the callback with the API's OURVIDZ_CALLBACK_SECRET "
-                                        "(Standard Webhooks headers) and check the worker's clock.") from exc
+    webhook_id = await _callback_id(request, state, body)
     if not 1 <= len(webhook_id) <= 200:
         raise ApiError(400, "Invalid webhook-id", "it must be 1 to 200 characters")
     try:
@@ -199,6 +198,25 @@ async def _after_move(state: State, before: dict[str, Any], now: JobStatus) -> N
             await state.feeder.feed(before["queue"])
         except QueueUnavailable as exc:  # the sweeper's next pass feeds it
             log.warning("could not feed %s after a callback: %s", before["queue"], exc)
+
+
+LEGACY_PREFIX = "legacy-"  # the webhook-id of an unsigned report: its body's digest
+
+
+async def _callback_id(request: Request, state: State, body: bytes) -> str:
+    """The report's `webhook-id` once its sender is known: a valid signature, or the service role."""
+    if not any(name in request.headers for name in ("webhook-id", "webhook-signature", "webhook-timestamp")):
+        if await state.auth.is_service(request.headers.get("authorization"), state.settings.supabase_service_key):
+            return LEGACY_PREFIX + hashlib.sha256(body).hexdigest()
+        raise ApiError(401, "Authentication failed", "the callback is neither signed nor from the service role",
+                       suggested_action="Sign the callback with the API's OURVIDZ_CALLBACK_SECRET (Standard "
+                                        "Webhooks headers), or send the project's service-role key as a bearer.")
+    try:
+        return verify(state.settings.callback_secret, body, request.headers)
+    except BadSignature as exc:
+        raise ApiError(401, "Authentication failed", f"callback signature: {exc}",
+                       suggested_action="Sign the callback with the API's OURVIDZ_CALLBACK_SECRET "
+                                        "(Standard Webhooks headers) and check the worker's clock.") from exc
 
 
 async def _remove_orphans(state: State, orphans: tuple[tuple[str, str], ...]) -> None:
