@@ -41,6 +41,8 @@ from handler.model_process import JobEvent, ModelProcess
 from handler.settings import WorkerSettings
 from handler.uploader import Uploader
 from jobs.cancel import cancel_and_wait
+from jobs.catalog import DEFAULT_CATALOG
+from jobs.legacy_messages import upgrade_payload
 from jobs.messages import CallbackAsset, JobCallback, QueueMessage
 from jobs.queue import job_id_of
 from jobs.status import JobStatus
@@ -160,7 +162,7 @@ class JobLifecycle:
 
     async def _run(self, payload: str, source: Source, on_progress: Callable[[int], None] | None) -> JobResult:
         try:
-            message = QueueMessage.model_validate_json(payload)
+            message = QueueMessage.model_validate_json(upgrade_payload(payload, DEFAULT_CATALOG))
         except ValidationError as exc:
             log.error("worker %s: dropping a message that is not a job (%s): %.200s", self.worker_id,
                       job_id_of(payload), exc)
@@ -233,7 +235,8 @@ class JobLifecycle:
 
     async def _generate(self, run: JobRun) -> Finished:
         self._enter(run, Phase.GENERATING)
-        events = self.models.run(run.job_id, run.payload, self.settings.work_dir / run.job_id)
+        # The message as read (an old-format one upgraded); `run.payload` stays what the queue holds, to ack.
+        events = self.models.run(run.job_id, run.message.model_dump_json(), self.settings.work_dir / run.job_id)
         while True:
             event = await events.get()
             if isinstance(event, Progress):

@@ -92,3 +92,34 @@ async def test_the_same_seed_gives_byte_identical_images(small_api: Api, user: u
     assert files[0] == files[1]
     assert files[0] != files[2]
     assert len(set(files[0])) == 6  # each image has its own seed
+
+
+async def test_a_message_in_the_old_queue_job_format_runs(api: Api, user: uuid.UUID, tiny_checkpoints: Path,
+                                                          tmp_path: Path) -> None:
+    """The job row is the API's; its message is what the old `queue-job` function pushed (no width, height,
+    fps, image count, seed or size limit; `content_type: "image"`), LPUSHed in place of ours."""
+    import json
+
+    import redis.asyncio as aioredis
+
+    await api.set_balance(user, 5)
+    job_id = await api.submitted(user, "image_fast")
+    old = {"id": job_id, "type": "image_fast", "prompt": "a red fox", "user_id": str(user),
+           "created_at": "2025-07-07T21:00:00.000Z", "model_variant": "wan_2_1_1_3b", "bucket": "image_fast",
+           "config": {"size": "480*832", "sample_steps": 2, "sample_guide_scale": 6.5, "sample_solver": "unipc",
+                      "sample_shift": 5.0, "frame_num": 1, "enhance_prompt": False, "expected_time": 25,
+                      "content_type": "image", "file_extension": "png"}, "metadata": {}}
+    client = aioredis.Redis.from_url(str(api.settings.redis_url))
+    try:
+        await client.delete("wan_queue")
+        await client.lpush("wan_queue", json.dumps(old))
+    finally:
+        await client.aclose()
+    stats = await run_worker(worker_settings(api, tiny_checkpoints, tmp_path / "work", queues=["wan_queue"]),
+                             burst=True)
+    assert stats.completed == 1
+    job = await wait_for_status(api, user, job_id, {"completed", "failed"}, timeout=5)
+    assert job["status"] == "completed", job["error_message"]
+    [path] = job["metadata"]["all_assets"]
+    image = Image.open(io.BytesIO(_read(api, "image_fast", path)))
+    assert image.size == (480, 832) and len(job["metadata"]["seeds"]) == 1  # the seed drawn is recorded
