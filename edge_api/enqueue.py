@@ -69,9 +69,11 @@ async def push_job(store: Store, queue: Queue, row: dict[str, Any], catalog: Cat
     message = build_message(row, catalog)
     if dispatcher is not None and dispatcher.serves(row["queue"]):
         return await dispatcher.dispatch(row, message)
+    # Noted as of before the push, so that the queue's own record of it (`Queue.pushed`) is never older.
+    pushed_at = utcnow()
     depth = await queue.push(row["queue"], message.model_dump_json())
     try:
-        await store.mark_enqueued(row["id"])
+        await store.mark_enqueued(row["id"], pushed_at)
     except StoreUnavailable:
         # The job is queued; only the note of it is missing. The sweeper's outbox pass re-pushes a queued
         # job only when no queue holds it, so the job runs once.

@@ -256,8 +256,8 @@ class Store:
             deleted = await conn.execute(sa.delete(assets).where(assets.c.id == asset_id, assets.c.user_id == user_id))
         return deleted.rowcount == 1
 
-    async def mark_enqueued(self, job_id: uuid.UUID) -> None:
-        await self.hot.rows(MARK_ENQUEUED, {"p_id": job_id, "p_at": utcnow()})
+    async def mark_enqueued(self, job_id: uuid.UUID, at: datetime | None = None) -> None:
+        await self.hot.rows(MARK_ENQUEUED, {"p_id": job_id, "p_at": at or utcnow()})
 
     async def balance(self, user_id: uuid.UUID, starting_credits: int = 0) -> int:
         async with self.autocommit.connect() as conn:

@@ -23,7 +23,7 @@ from edge_api.fair_order import Feeder
 from edge_api.store import Store
 from edge_api.transitions import Row
 from jobs.catalog import Catalog
-from jobs.db import upsert, utcnow
+from jobs.db import as_utc, upsert, utcnow
 from jobs.queue import Queue, QueueUnavailable, job_id_of
 from jobs.status import JobStatus
 from jobs.tables import jobs, locks
@@ -31,6 +31,15 @@ from jobs.tables import jobs, locks
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "sweeper"
+
+
+def _taken(row: Row, pushed: dict[str, float]) -> bool:
+    """Whether the job's last push is on the queue's record though its message is in no list: a consumer
+    without a processing list took it (an old worker's `RPOP`), and pushing it again would run it twice.
+    A record older than the job's last push (it was queued again since) does not count."""
+    enqueued = as_utc(row["enqueued_at"])
+    at = pushed.get(str(row["id"]))
+    return enqueued is not None and at is not None and at >= enqueued.timestamp()
 
 
 class Sweeper:
@@ -196,10 +205,12 @@ class Sweeper:
         if not queued:
             return
         held = await self._queue.job_ids()
+        pushed = await self._queue.pushed()  # read after the lists: a message taken meanwhile is seen here
         for row in queued:
-            if str(row["id"]) not in held:
-                await self._push(row)
-                log.info("job %s re-pushed: no queue held it", row["id"])
+            if str(row["id"]) in held or _taken(row, pushed):
+                continue
+            await self._push(row)
+            log.info("job %s re-pushed: no queue held it", row["id"])
 
     async def _feed(self) -> None:
         """Top up each fair queue's list: workers that `RPOP` without a claim callback drain it unseen."""

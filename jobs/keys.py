@@ -5,6 +5,9 @@ from __future__ import annotations
 PREFIX = "ourvidz"
 WORKERS = f"{PREFIX}:workers"
 SWEEPER_LOCK = f"{PREFIX}:sweeper"
+# Job ids whose message was pushed, scored by when: a message taken by a consumer that keeps no processing
+# list (an `RPOP`) is still accounted for here, so the sweeper does not push it again (jobs/queue.py).
+PUSHED = f"{PREFIX}:pushed"
 
 
 def processing_list(worker_id: str) -> str:

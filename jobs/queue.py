@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Iterable
 from typing import Any, Protocol
 
@@ -73,6 +74,11 @@ class Queue(Protocol):
         """Every job id that a queue or a processing list holds, read at one instant."""
         ...
 
+    async def pushed(self) -> dict[str, float]:
+        """When each job's message was last pushed (Unix seconds), as far as the queue still knows: a message
+        taken by a consumer that keeps no processing list (an old worker's `RPOP`) is in no list, but here."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -109,6 +115,9 @@ class _Blocker:
 
 class RedisQueue:
     """The reference's Redis lists, consumed with the reliable-queue pattern."""
+
+    # How long a push is remembered (see `push`): longer than any job waits in a queue before it times out.
+    PUSHED_RETENTION = 86400.0
 
     def __init__(self, client: aioredis.Redis, queues: Iterable[str]) -> None:
         self._redis = client
@@ -159,10 +168,27 @@ class RedisQueue:
         await self._call(self._redis.ping())
 
     async def push(self, queue: str, payload: str) -> int:
-        return int(await self._call(self._redis.lpush(queue, payload)))
+        return await self._pushed(queue, payload, front=False)
 
     async def push_front(self, queue: str, payload: str) -> None:
-        await self._call(self._redis.rpush(queue, payload))
+        await self._pushed(queue, payload, front=True)
+
+    async def _pushed(self, queue: str, payload: str, *, front: bool) -> int:
+        """The push and its record in `ourvidz:pushed`, in one MULTI: lost together in a flush, or kept together.
+
+        An old worker takes a message with `RPOP` and keeps no processing list, so until its callback the job
+        is in no list; the record says its message was delivered, and the sweeper leaves it alone. After a
+        flush (or a restart without persistence) the record is gone with the message, and the sweeper
+        pushes the job again. Records older than PUSHED_RETENTION are dropped on the way.
+        """
+        now = time.time()  # not after the store's note of the push (edge_api/enqueue.py): see `pushed`
+        pipe = self._redis.pipeline(transaction=True)
+        (pipe.rpush if front else pipe.lpush)(queue, payload)
+        job_id = job_id_of(payload)
+        if job_id is not None:
+            pipe.zadd(keys.PUSHED, {job_id: now})
+        pipe.zremrangebyscore(keys.PUSHED, "-inf", now - self.PUSHED_RETENTION)
+        return int((await self._call(self._execute(pipe)))[0])
 
     async def depth(self, queue: str) -> int:
         return int(await self._call(self._redis.llen(queue)))
@@ -313,6 +339,10 @@ class RedisQueue:
         ids = {job_id_of(str(p)) for payloads in results for p in payloads}
         ids.discard(None)
         return {i for i in ids if i is not None}
+
+    async def pushed(self) -> dict[str, float]:
+        return {str(job_id): float(at) for job_id, at in
+                await self._call(self._redis.zrange(keys.PUSHED, 0, -1, withscores=True))}
 
     async def aclose(self) -> None:
         for index in range(len(self._blockers)):

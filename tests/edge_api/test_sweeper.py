@@ -283,3 +283,46 @@ async def test_concurrent_sweepers_elect_one_leader(api: Api) -> None:
     sweepers = [other_sweeper(api, f"replica-{n}") for n in range(5)]
     results = await asyncio.gather(*(s.sweep() for s in sweepers))
     assert sorted(results) == [False] * 4 + [True]
+
+
+async def rpop(api: Api, queue: str = SDXL_QUEUE) -> str | None:
+    """An old ourvidz worker's take: the message leaves Redis, and no processing list holds it."""
+    assert api.settings.redis_url is not None
+    client = aioredis.Redis.from_url(api.settings.redis_url, decode_responses=True)
+    try:
+        payload = await client.rpop(queue)
+    finally:
+        await client.aclose()
+    return None if payload is None else job_id_of(payload)
+
+
+async def test_a_job_an_old_worker_took_with_rpop_is_never_pushed_again(api: Api, user: uuid.UUID) -> None:
+    await api.set_balance(user, 5)
+    job_id = await api.submitted(user)
+    assert await rpop(api) == job_id
+    await backdate(api, job_id, enqueued_at=timedelta(minutes=5), created_at=timedelta(minutes=5))
+    for _ in range(3):
+        assert await api.state.sweeper.sweep()
+    assert await api.queued_messages(SDXL_QUEUE) == []
+    assert (await api.job_row(job_id))["status"] == "queued"  # until its callback, or its queue deadline
+
+
+async def test_after_a_flush_the_jobs_whose_messages_were_lost_are_pushed_again(api: Api, user: uuid.UUID) -> None:
+    await api.set_balance(user, 5)
+    taken, waiting = await api.submitted(user), await api.submitted(user)
+    assert await rpop(api) == taken
+    await flush_redis(api)  # the record of the take goes too: after a data loss the two cannot be told apart
+    await api.state.sweeper.sweep()
+    assert {m["id"] for m in await api.queued_messages(SDXL_QUEUE)} == {taken, waiting}
+
+
+async def test_a_job_queued_again_after_its_take_is_pushed_again(api: Api, user: uuid.UUID) -> None:
+    """A record older than the job's last push does not count: the job was handed back since."""
+    await api.set_balance(user, 5)
+    job_id = await api.submitted(user)
+    assert await rpop(api) == job_id
+    claimed = await api.claim(job_id)
+    back = await api.callback({"job_id": job_id, "status": "queued", "attempt": claimed.json()["attempt"]})
+    assert back.status_code == 200, back.text
+    await api.state.sweeper.sweep()
+    assert [m["id"] for m in await api.queued_messages(SDXL_QUEUE)] == [job_id]
