@@ -203,7 +203,7 @@ class Feeder:
 
     async def order(self, queue: str) -> QueueOrder:
         task = self._orders.get(queue)
-        if task is not None and task.done() and (task.exception() is not None
+        if task is not None and task.done() and (task.cancelled() or task.exception() is not None
                                                  or time.monotonic() - task.result().at > self.ORDER_TTL):
             task = None
         if task is None:  # one read for every caller meanwhile
