@@ -121,17 +121,20 @@ class Sweeper:
                                    jobs.c.started_at < now - timedelta(seconds=self._job_timeout))
         waiting_too_long = sa.and_(jobs.c.status == JobStatus.QUEUED.value,
                                    jobs.c.created_at < now - timedelta(seconds=self._queue_timeout))
-        async with self._engine.begin() as conn:
+        async with self._engine.connect() as conn:
             overdue = (await conn.execute(sa.select(jobs.c.id, jobs.c.status)
                                           .where(sa.or_(running_too_long, waiting_too_long)))).all()
-            failed = []
-            for job_id, status in overdue:
-                reason = (f"timed out after {self._job_timeout / 60:g} minutes" if status == "processing"
-                          else f"no worker took the job within {self._queue_timeout / 60:g} minutes")
+        failed = []
+        for job_id, status in overdue:
+            reason = (f"timed out after {self._job_timeout / 60:g} minutes" if status == "processing"
+                      else f"no worker took the job within {self._queue_timeout / 60:g} minutes")
+            # One transaction per job: a move locks the job's row, then its owner's profile (the refund, the
+            # active-job count), the order every callback takes; holding several jobs at once could deadlock.
+            async with self._engine.begin() as conn:
                 moved = await transitions.fail(conn, job_id, [JobStatus(status)], reason)
-                if moved is not None:
-                    log.warning("job %s failed: %s", job_id, reason)
-                    failed.append(moved)
+            if moved is not None:
+                log.warning("job %s failed: %s", job_id, reason)
+                failed.append(moved)
         if self._dispatcher is not None:
             for row in failed:
                 await self._dispatcher.cancel(row)
