@@ -137,8 +137,9 @@ class Authenticator:
         if service_key and hmac.compare_digest(token.encode(), service_key.encode()):
             return True
         try:
-            algorithm = str(jwt.get_unverified_header(token).get("alg"))
-            key = await self._key_for(algorithm, jwt.get_unverified_header(token).get("kid"))
+            header = jwt.get_unverified_header(token)
+            algorithm = str(header.get("alg"))
+            key = await self._key_for(algorithm, header.get("kid"))
             claims = jwt.decode(token, key, algorithms=[algorithm], leeway=5,
                                 options={"require": ["exp"], "verify_aud": False})
         except (jwt.PyJWTError, ApiError):

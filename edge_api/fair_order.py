@@ -174,7 +174,7 @@ class Feeder:
         """
         if new_job and time.monotonic() < self._full_until.get(queue, 0.0):
             return []
-        idle = max(await self._live_workers() - await self._count(queue, PROCESSING), 0)
+        idle = max(await self.live_workers() - await self._count(queue, PROCESSING), 0)
         room = idle + self._lookahead - await self._queue.depth(queue)
         if room <= 0:
             self._full_until[queue] = time.monotonic() + self.FULL_TTL
@@ -216,7 +216,8 @@ class Feeder:
         except Exception:  # the sweeper's outbox pass pushes them after its grace instead
             log.warning("could not return %d admitted jobs to the wait", len(rows), exc_info=True)
 
-    async def _live_workers(self) -> int:
+    async def live_workers(self) -> int:
+        """How many workers have a live heartbeat, as of at most WORKERS_TTL ago."""
         known = self._workers
         if known is not None and time.monotonic() - known[1] < self.WORKERS_TTL:
             return known[0]

@@ -8,6 +8,7 @@ transaction as the status change that causes them.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -51,11 +52,15 @@ async def _debit(conn: AsyncConnection, user_id: uuid.UUID, price: int, queue: s
     return None if balance is None else int(balance)
 
 
-async def _refusal(conn: AsyncConnection, user_id: uuid.UUID, price: int, queue: str, cap: int,
-                   starting_credits: int = 0) -> Exception:
-    """Why the debit matched no row: too few credits, or too many active jobs."""
+async def _profile(conn: AsyncConnection, user_id: uuid.UUID, queue: str) -> sa.Row[Any] | None:
+    """The user's balance and count of active jobs on `queue`, or None for a user not seen yet."""
     query = sa.select(profiles.c.token_balance, active_jobs.counter(queue)).where(profiles.c.id == user_id)
-    found = (await conn.execute(query)).first()
+    return (await conn.execute(query)).first()
+
+
+def _refusal(found: sa.Row[Any] | None, price: int, queue: str, cap: int,
+             starting_credits: int = 0) -> Exception:
+    """Why the debit matched no row: too few credits, or too many active jobs."""
     if found is None:
         return InsufficientCredits(starting_credits, price)
     if found[0] < price:
@@ -65,16 +70,16 @@ async def _refusal(conn: AsyncConnection, user_id: uuid.UUID, price: int, queue:
 
 async def _first_seen(conn: AsyncConnection, user_id: uuid.UUID, price: int, starting_credits: int,
                       queue: str, cap: int) -> int:
-    exists = (await conn.execute(sa.select(profiles.c.id).where(profiles.c.id == user_id))).first() is not None
-    if exists or starting_credits < price:
-        raise await _refusal(conn, user_id, price, queue, cap, starting_credits)
+    found = await _profile(conn, user_id, queue)
+    if found is not None or starting_credits < price:
+        raise _refusal(found, price, queue, cap, starting_credits)
     # A user seen for the first time gets the starting balance, once: of concurrent first requests
     # one creates the profile and the others find it (the insert waits for that one to commit).
     await conn.execute(insert_ignoring_conflicts(conn.engine, profiles).values(
         id=user_id, token_balance=starting_credits, created_at=utcnow()))
     balance = await _debit(conn, user_id, price, queue, cap)
     if balance is None:
-        raise await _refusal(conn, user_id, price, queue, cap)
+        raise _refusal(await _profile(conn, user_id, queue), price, queue, cap)
     return balance
 
 

@@ -221,7 +221,7 @@ class Store:
         waits: dict[str, list[float]] = {}
         async with self.autocommit.connect() as conn:
             for queue, oldest in await conn.execute(query):
-                waits.setdefault(str(queue), []).append((now - created_at({"created_at": oldest})).total_seconds())
+                waits.setdefault(str(queue), []).append((now - _utc(oldest)).total_seconds())
         return waits
 
     async def counts_by_type_and_status(self) -> list[tuple[str, str, int]]:
@@ -264,7 +264,11 @@ class Store:
             return await ledger.balance_of(conn, user_id, starting_credits)
 
 
+def _utc(value: datetime) -> datetime:
+    moment = as_utc(value)
+    assert moment is not None
+    return moment
+
+
 def created_at(row: Row) -> datetime:
-    value = as_utc(row["created_at"])
-    assert value is not None
-    return value
+    return _utc(row["created_at"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
@@ -18,8 +17,6 @@ from jobs.messages import AssetView, JobSummary, JobView
 from jobs.queue import QueueUnavailable
 from jobs.status import JobStatus
 from jobs.storage import StorageError
-
-WORKERS_KEY = "live-workers"  # its key in AppState.recent_counts
 
 
 def _str(value: object) -> str | None:
@@ -85,16 +82,12 @@ async def job_view(state: AppState, row: Row) -> JobView:
 
 
 async def _live_worker_count(state: AppState) -> int:
-    """Live workers, asked of the queue at most once a second: every queued job's view needs it."""
-    known = state.recent_counts.get(WORKERS_KEY)
-    if known is not None and time.monotonic() - known[1] < 1.0:
-        return known[0]
+    """Live workers (the feeder's count, asked of the queue at most once a second: every queued job's view
+    needs it); 0 while the queue is down, so the page still answers."""
     try:
-        count = len(await state.queue.live_workers())
+        return await state.feeder.live_workers()
     except QueueUnavailable:
-        return 0  # the page still answers when the queue is down; the estimate assumes one worker
-    state.recent_counts[WORKERS_KEY] = (count, time.monotonic())
-    return count
+        return 0
 
 
 def encode_cursor(row: Row) -> str:

@@ -41,8 +41,7 @@ from handler.model_process import JobEvent, ModelProcess
 from handler.settings import WorkerSettings
 from handler.uploader import Uploader
 from jobs.cancel import cancel_and_wait
-from jobs.catalog import DEFAULT_CATALOG
-from jobs.legacy_messages import upgrade_payload
+from jobs.legacy_messages import read_message
 from jobs.messages import CallbackAsset, JobCallback, QueueMessage
 from jobs.queue import job_id_of
 from jobs.status import JobStatus
@@ -162,7 +161,7 @@ class JobLifecycle:
 
     async def _run(self, payload: str, source: Source, on_progress: Callable[[int], None] | None) -> JobResult:
         try:
-            message = QueueMessage.model_validate_json(upgrade_payload(payload, DEFAULT_CATALOG))
+            message = read_message(payload)
         except ValidationError as exc:
             log.error("worker %s: dropping a message that is not a job (%s): %.200s", self.worker_id,
                       job_id_of(payload), exc)

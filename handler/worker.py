@@ -23,9 +23,8 @@ from handler.model_process import ModelProcess, ModelState
 from handler.settings import WorkerSettings
 from handler.uploader import Uploader
 from jobs.cancel import cancel_and_wait
-from jobs.catalog import DEFAULT_CATALOG, queue_of
-from jobs.legacy_messages import upgrade_payload
-from jobs.messages import QueueMessage
+from jobs.catalog import queue_of
+from jobs.legacy_messages import read_message
 from jobs.queue import Queue, QueueUnavailable, job_id_of
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ class QueueSource:
     async def give_back(self, payload: str) -> None:
         """Put a message back at the front of its queue, then take it out of our processing list."""
         try:
-            message = QueueMessage.model_validate_json(upgrade_payload(payload, DEFAULT_CATALOG))
+            message = read_message(payload)
         except ValidationError:
             await self.settle(payload)
             return

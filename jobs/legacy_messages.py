@@ -20,8 +20,8 @@ import json
 import secrets
 from typing import Any
 
-from jobs.catalog import Catalog, Family, JobSpec
-from jobs.messages import MAX_SEED, JobConfig
+from jobs.catalog import DEFAULT_CATALOG, Catalog, Family, JobSpec
+from jobs.messages import MAX_SEED, JobConfig, QueueMessage
 
 FILLED = ("width", "height", "fps", "num_images", "max_file_bytes", "seed")
 
@@ -29,6 +29,11 @@ FILLED = ("width", "height", "fps", "num_images", "max_file_bytes", "seed")
 def is_legacy(message: dict[str, Any]) -> bool:
     config = message.get("config")
     return isinstance(config, dict) and any(name not in config for name in FILLED)
+
+
+def read_message(payload: str, catalog: Catalog = DEFAULT_CATALOG) -> QueueMessage:
+    """A queue message in this project's format or the old function's; pydantic's ValidationError otherwise."""
+    return QueueMessage.model_validate_json(upgrade_payload(payload, catalog))
 
 
 def upgrade_payload(payload: str, catalog: Catalog) -> str:
